@@ -1,0 +1,6 @@
+from .dino_clstoken_loss import DINOLoss
+from .hash_loss import HashQuantizationLoss
+from .ibot_patch_loss import iBOTPatchLoss
+from .koleo_loss import KoLeoLoss
+
+__all__ = ["DINOLoss", "HashQuantizationLoss", "KoLeoLoss", "iBOTPatchLoss"]
