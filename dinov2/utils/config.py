@@ -25,6 +25,23 @@ class ConfigError(ValueError):
     """A configuration value or key that cannot be used, with the offending source named."""
 
 
+def _compatible(expected, value) -> bool:
+    """Whether ``value`` may replace the default ``expected`` (None defaults accept anything)."""
+    if expected is None or value is None:
+        return True
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return isinstance(expected, bool) and isinstance(value, bool)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float))
+    if isinstance(expected, int):
+        return isinstance(value, int)
+    if isinstance(expected, (list, dict)):
+        return isinstance(value, type(expected))
+    if isinstance(expected, str):
+        return isinstance(value, (str, int, float))
+    return True
+
+
 def _check_known_keys(default: DictConfig, override: DictConfig, source: str) -> None:
     """Raise ConfigError for the first key of ``override`` that ``default`` does not declare."""
     default_c = OmegaConf.to_container(default)
@@ -39,8 +56,14 @@ def _check_known_keys(default: DictConfig, override: DictConfig, source: str) ->
                     f"unknown config key '{path}' in {source}; "
                     f"known keys at this level: {', '.join(map(str, candidates)) or '(none)'}"
                 )
-            if isinstance(value, dict) and isinstance(ref[key], dict):
-                walk(ref[key], value, path + ".")
+            expected = ref[key]
+            if isinstance(value, dict) and isinstance(expected, dict):
+                walk(expected, value, path + ".")
+            elif not _compatible(expected, value):
+                raise ConfigError(
+                    f"config key '{path}' in {source}: value {value!r} is a {type(value).__name__}, "
+                    f"expected a {type(expected).__name__} like the default {expected!r}"
+                )
 
     walk(default_c, override_c, "")
 
