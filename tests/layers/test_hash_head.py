@@ -1,0 +1,168 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dinov2.layers.hash_head import AttentionWeightedPooling, HashHead, MeanPooling
+
+EMBED_DIM = 32
+HASH_BIT = 16
+N_GLOBAL = 16  # a 4x4 patch grid
+N_LOCAL = 4  # a 2x2 patch grid
+PROJ_DIM = 24
+
+
+def _tokens(batch, n_patches, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    cls_token = torch.randn(batch, EMBED_DIM, generator=generator)
+    patch_tokens = torch.randn(batch, n_patches, EMBED_DIM, generator=generator)
+    return cls_token, patch_tokens
+
+
+def _randomise(module):
+    # Freshly initialised biases and norms are 0/1; random values make the formula checks meaningful.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.3)
+
+
+def _awp_reference(pool, cls_token, patch_tokens):
+    linear1, linear2 = pool.attention_net[0], pool.attention_net[2]
+    gate_input = torch.cat([cls_token, patch_tokens.sum(dim=1) / patch_tokens.shape[1]], dim=1)
+    hidden = F.gelu(F.linear(gate_input, linear1.weight, linear1.bias))
+    weights = torch.sigmoid(F.linear(hidden, linear2.weight, linear2.bias))
+    weighted = torch.einsum("bn,bnd->bd", weights, patch_tokens) / patch_tokens.shape[1]
+    pooled = F.layer_norm(
+        torch.cat([cls_token, weighted], dim=1), (2 * EMBED_DIM,), pool.norm.weight, pool.norm.bias, eps=1e-6
+    )
+    return pooled, weights
+
+
+@pytest.mark.parametrize("view, n_patches", [("global", N_GLOBAL), ("local", N_LOCAL)])
+def test_output_shapes(view, n_patches):
+    head = HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL, patch_proj_dim=PROJ_DIM)
+    out = head(*_tokens(3, n_patches), view=view)
+    assert out["codes"].shape == (3, HASH_BIT)
+    assert out["pooled"].shape == (3, 2 * EMBED_DIM)
+    assert out["patch_proj"].shape == (3, n_patches, PROJ_DIM)
+    assert out["patch_weights"].shape == (3, n_patches)
+    assert head.project_patches(torch.randn(7, EMBED_DIM)).shape == (7, PROJ_DIM)
+
+
+def test_state_dict_layout_matches_reference_names():
+    head = HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL, patch_proj_dim=PROJ_DIM)
+    shapes = {name: tuple(t.shape) for name, t in head.state_dict().items()}
+    d2 = 2 * EMBED_DIM
+    assert shapes == {
+        "pool_global.attention_net.0.weight": (EMBED_DIM, d2),
+        "pool_global.attention_net.0.bias": (EMBED_DIM,),
+        "pool_global.attention_net.2.weight": (N_GLOBAL, EMBED_DIM),
+        "pool_global.attention_net.2.bias": (N_GLOBAL,),
+        "pool_global.norm.weight": (d2,),
+        "pool_global.norm.bias": (d2,),
+        "pool_local.attention_net.0.weight": (EMBED_DIM, d2),
+        "pool_local.attention_net.0.bias": (EMBED_DIM,),
+        "pool_local.attention_net.2.weight": (N_LOCAL, EMBED_DIM),
+        "pool_local.attention_net.2.bias": (N_LOCAL,),
+        "pool_local.norm.weight": (d2,),
+        "pool_local.norm.bias": (d2,),
+        "hash_layer.0.weight": (d2, d2),
+        "hash_layer.0.bias": (d2,),
+        "hash_layer.2.weight": (HASH_BIT, d2),
+        "hash_layer.2.bias": (HASH_BIT,),
+        "patch_proj.weight": (PROJ_DIM, EMBED_DIM),
+        "patch_proj.bias": (PROJ_DIM,),
+    }
+
+
+def test_initialisation():
+    torch.manual_seed(0)
+    head = HashHead(64, 64, 256, 49)
+    for name, parameter in head.named_parameters():
+        if "norm.weight" in name:
+            assert torch.all(parameter == 1), name
+        elif name.endswith("bias"):
+            assert torch.all(parameter == 0), name
+        else:
+            # trunc_normal(std 0.02) clipped at +-2: the sample std is close to 0.02 and values are bounded.
+            assert parameter.abs().max() <= 2.0, name
+            assert abs(parameter.std().item() - 0.02) < 0.004, name
+
+
+def test_awp_matches_formula():
+    pool = AttentionWeightedPooling(EMBED_DIM, N_GLOBAL)
+    _randomise(pool)
+    cls_token, patch_tokens = _tokens(4, N_GLOBAL)
+    pooled, weights = pool(cls_token, patch_tokens)
+    expected_pooled, expected_weights = _awp_reference(pool, cls_token, patch_tokens)
+    torch.testing.assert_close(weights, expected_weights)
+    torch.testing.assert_close(pooled, expected_pooled)
+    assert torch.all((weights > 0) & (weights < 1))
+
+
+def test_head_codes_match_formula():
+    head = HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL, patch_proj_dim=PROJ_DIM)
+    _randomise(head)
+    cls_token, patch_tokens = _tokens(3, N_LOCAL, seed=5)
+    out = head(cls_token, patch_tokens, view="local")
+    pooled, weights = _awp_reference(head.pool_local, cls_token, patch_tokens)
+    first, second = head.hash_layer[0], head.hash_layer[2]
+    codes = F.linear(F.gelu(F.linear(pooled, first.weight, first.bias)), second.weight, second.bias)
+    projection = patch_tokens @ head.patch_proj.weight.t() + head.patch_proj.bias
+    torch.testing.assert_close(out["codes"], codes)
+    torch.testing.assert_close(out["pooled"], pooled)
+    torch.testing.assert_close(out["patch_weights"], weights)
+    torch.testing.assert_close(out["patch_proj"], projection)
+    # Codes are continuous (no tanh): random weights give entries outside [-1, 1].
+    assert out["codes"].abs().max() > 1
+
+
+def test_mean_pooling_matches_formula():
+    pool = MeanPooling(EMBED_DIM)
+    _randomise(pool)
+    cls_token, patch_tokens = _tokens(4, 9)
+    pooled, weights = pool(cls_token, patch_tokens)
+    concat = torch.cat([cls_token, patch_tokens.sum(dim=1) / 9], dim=1)
+    mean = concat.mean(dim=1, keepdim=True)
+    var = ((concat - mean) ** 2).mean(dim=1, keepdim=True)
+    expected = (concat - mean) / torch.sqrt(var + 1e-6) * pool.norm.weight + pool.norm.bias
+    torch.testing.assert_close(pooled, expected)
+    assert weights is None
+    assert [name for name, _ in pool.named_parameters()] == ["norm.weight", "norm.bias"]
+
+
+def test_mean_pooling_head():
+    head = HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL, pooling="mean")
+    assert isinstance(head.pool_global, MeanPooling) and isinstance(head.pool_local, MeanPooling)
+    out = head(*_tokens(2, N_GLOBAL), view="global")
+    assert out["patch_weights"] is None
+    assert out["codes"].shape == (2, HASH_BIT)
+
+
+@pytest.mark.parametrize("pooling", ["awp", "mean"])
+@pytest.mark.parametrize("view, n_patches", [("global", N_GLOBAL), ("local", N_LOCAL)])
+def test_gradients_reach_every_used_parameter(pooling, view, n_patches):
+    head = HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL, patch_proj_dim=PROJ_DIM, pooling=pooling)
+    out = head(*_tokens(3, n_patches), view=view)
+    (out["codes"].square().sum() + out["patch_proj"].square().sum()).backward()
+    unused = "pool_local" if view == "global" else "pool_global"
+    for name, parameter in head.named_parameters():
+        if name.startswith(unused):
+            assert parameter.grad is None, name
+        else:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+            assert parameter.grad.abs().sum() > 0, name
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="hash_bit.*0"):
+        HashHead(EMBED_DIM, 0, N_GLOBAL, N_LOCAL)
+    with pytest.raises(ValueError, match="-8"):
+        HashHead(EMBED_DIM, -8, N_GLOBAL, N_LOCAL)
+    with pytest.raises(ValueError, match="'max'"):
+        HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL, pooling="max")
+    head = HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL)
+    with pytest.raises(ValueError, match=rf"num_patches={N_GLOBAL}.*got {N_LOCAL}"):
+        head(*_tokens(2, N_LOCAL), view="global")
+    with pytest.raises(ValueError, match="'middle'"):
+        head(*_tokens(2, N_GLOBAL), view="middle")
