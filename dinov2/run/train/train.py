@@ -11,6 +11,7 @@ Options are those of ``dinov2.run.submit.get_args_parser`` plus those of the tra
 """
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -23,6 +24,8 @@ from dinov2.utils.cluster import get_torch_distributed_env
 
 logger = logging.getLogger("dinov2")
 
+TRAIN_MODULE = "dinov2.train.train"
+
 TrainFn = Callable[[argparse.Namespace], Any]
 
 
@@ -30,10 +33,9 @@ def _import_train_module() -> Any:
     # Imported on use so that this launcher imports (and its tasks unpickle) without the trainer's
     # dependencies; an import failure is reported with its cause.
     try:
-        from dinov2.train import train as train_module
+        return importlib.import_module(TRAIN_MODULE)
     except ImportError as e:
-        raise RuntimeError(f"cannot import the training entry point dinov2.train.train: {e}") from e
-    return train_module
+        raise RuntimeError(f"cannot import the training entry point {TRAIN_MODULE}: {e}") from e
 
 
 class Trainer:
@@ -93,8 +95,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     Returns:
         Exit status: 0 once the job is submitted (with --local, once it has finished).
+
+    Raises:
+        SystemExit: invalid options (status 2) or no training entry point to import (status 1).
     """
-    train_module = _import_train_module()
+    try:
+        train_module = _import_train_module()
+    except RuntimeError as e:
+        # A message rather than a traceback: the cause is in the message.
+        raise SystemExit(f"error: {e}") from e
     parser = get_args_parser(
         description="Submit SDSH training as a SLURM job (or run it locally with --local)",
         parents=[train_module.get_args_parser(add_help=False)],
