@@ -67,3 +67,9 @@ def build_model_from_cfg(cfg, only_teacher: bool = False):
             f"crops.global_crops_size {img_size} is not divisible by student.patch_size {cfg.student.patch_size}"
         )
     return build_model(cfg.student, only_teacher=only_teacher, img_size=img_size)
+
+
+# Imported last: the hashing network builds its backbone with build_model_from_cfg above.
+from .hashing_network import HashingNetwork, build_hashing_network  # noqa: E402
+
+__all__ = ["HashingNetwork", "build_hashing_network", "build_model", "build_model_from_cfg"]
