@@ -1,0 +1,202 @@
+"""Checkpointer for the SDSH meta-architecture, with or without FSDP, writing every file atomically.
+
+- Plain modules (one CPU process, one CUDA process, or several CPU processes whose replicas are
+  kept equal by gradient averaging): rank 0 saves ``<name>.pth`` with the full state dict; every
+  rank loads the same file.
+- FSDP (CUDA, torch.distributed): as DINOv2's FSDPCheckpointer, every rank saves its local shard
+  to ``<name>.rank_<k>.pth`` (state-dict type LOCAL_STATE_DICT) and reads its own shard back,
+  so a sharded run resumes with the same world size.
+
+fvcore's ``Checkpointer`` writes checkpoints and the ``last_checkpoint`` tag in place and loads a
+model with ``strict=False``, logging mismatches; here writes are atomic (temporary file, fsync,
+``os.replace``) and a checkpoint that does not fit the model is an error naming the file and keys.
+"""
+
+import contextlib
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
+from torch import nn
+
+from dinov2 import distributed
+from dinov2.utils.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_text,
+    load_torch_file,
+    state_dict_mismatches,
+)
+
+from . import is_fsdp
+
+logger = logging.getLogger("dinov2")
+
+
+def has_fsdp_modules(model: nn.Module) -> bool:
+    """True when ``model`` contains an FSDP wrapper."""
+    return any(is_fsdp(m) for m in model.modules())
+
+
+def rankstr() -> str:
+    return f"rank_{distributed.get_global_rank()}"
+
+
+def _local_state_dict_context(model: nn.Module):
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import StateDictType
+
+    return FSDP.state_dict_type(model, StateDictType.LOCAL_STATE_DICT)
+
+
+def full_state_dict(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """The complete, unsharded CPU state dict of ``module`` (FSDP-wrapped or plain).
+
+    With FSDP this is a collective: every rank must call it; rank 0 gets the tensors, the other
+    ranks an empty dict.
+
+    Args:
+        module: a plain or FSDP-wrapped module.
+    Returns:
+        ``{name: tensor}`` with the names of the unwrapped module, tensors on the CPU.
+    """
+    if has_fsdp_modules(module):
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, config):
+            state = module.state_dict()
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+class FSDPCheckpointer(Checkpointer):
+    """fvcore Checkpointer for plain or FSDP models with atomic saves and strict, named-error loads.
+
+    Args:
+        model: the module whose ``state_dict`` is saved under ``"model"``.
+        save_dir: directory of the checkpoints and the ``last_checkpoint`` tag.
+        save_to_disk: False disables saving.
+        checkpointables: other objects with ``state_dict``/``load_state_dict`` (optimizer, scaler).
+    """
+
+    def __init__(self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool = True, **checkpointables: Any):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.sharded = has_fsdp_modules(model)
+
+    def _state_context(self):
+        return _local_state_dict_context(self.model) if self.sharded else contextlib.nullcontext()
+
+    def _tag_file(self) -> str:
+        name = f"last_checkpoint.{rankstr()}" if self.sharded else "last_checkpoint"
+        return os.path.join(self.save_dir, name)
+
+    def writes_files(self) -> bool:
+        # Plain replicas are identical on every rank: one copy is enough.
+        return self.sharded or distributed.is_main_process()
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Save model, checkpointables and ``kwargs`` to ``<name>[.rank_<k>].pth`` atomically and tag it."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        with self._state_context():
+            data = {"model": self.model.state_dict()}
+        if not self.writes_files():
+            return
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.{rankstr()}.pth" if self.sharded else f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        logger.info(f"saving checkpoint to {save_file}")
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(self._tag_file(), last_filename_basename)
+
+    def has_checkpoint(self) -> bool:
+        return os.path.isfile(self._tag_file())
+
+    def get_checkpoint_file(self) -> str:
+        """Path named by the ``last_checkpoint`` tag; an error if the tag names a missing file."""
+        tag = self._tag_file()
+        with open(tag, encoding="utf-8") as f:
+            last_saved = f.read().strip()
+        path = os.path.join(self.save_dir, last_saved)
+        if not last_saved or not os.path.isfile(path):
+            raise CheckpointError(f"{tag} names checkpoint '{last_saved}', which does not exist in {self.save_dir}")
+        return path
+
+    def _load_file(self, f: str) -> Dict[str, Any]:
+        # Local FSDP shards hold ShardedTensors, which weights_only refuses; they are this run's own files.
+        return load_torch_file(f, weights_only=not self.sharded)
+
+    def _load_model(self, checkpoint: Any):
+        path = getattr(self, "_loading", "checkpoint")
+        if "model" not in checkpoint or not isinstance(checkpoint["model"], dict):
+            keys = ", ".join(list(checkpoint)[:8])
+            raise CheckpointError(f"{path} is not a training checkpoint of this project: no 'model' entry (keys: {keys})")
+        with self._state_context():
+            expected = self.model.state_dict()
+            problems = state_dict_mismatches(expected, checkpoint["model"])
+            if problems:
+                raise CheckpointError(
+                    f"{path} does not fit the configured model (a checkpoint from another config?): "
+                    + "; ".join(problems[:6])
+                )
+            self.model.load_state_dict(checkpoint.pop("model"), strict=True)
+        return None
+
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """Load ``path`` into the model and the chosen checkpointables; return the remaining entries.
+
+        Raises:
+            CheckpointError: missing, unreadable or foreign file, or one that does not fit the model.
+        """
+        if not path:
+            logger.info("no checkpoint found: training starts from the initial weights")
+            return {}
+        logger.info(f"loading checkpoint {path}")
+        checkpoint = self._load_file(path)
+        self._loading = path
+        try:
+            self._load_model(checkpoint)
+        finally:
+            del self._loading
+        for key in self.checkpointables if checkpointables is None else checkpointables:
+            if key in checkpoint:
+                try:
+                    self.checkpointables[key].load_state_dict(checkpoint.pop(key))
+                except (KeyError, ValueError, RuntimeError) as exc:
+                    raise CheckpointError(f"cannot restore '{key}' from {path}: {exc}") from exc
+            else:
+                raise CheckpointError(f"{path} has no '{key}' state (keys: {', '.join(checkpoint)})")
+        return checkpoint
+
+
+class AtomicPeriodicCheckpointer(PeriodicCheckpointer):
+    """fvcore's PeriodicCheckpointer that also removes old per-rank shard files.
+
+    fvcore deletes ``<prefix>_<iter>.pth``, which does not exist for sharded checkpoints; here the
+    file actually written by this rank (named by its ``last_checkpoint`` tag) is the one removed.
+    """
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        iteration = int(iteration)
+        state = {"iteration": iteration, **kwargs}
+        if (iteration + 1) % self.period == 0:
+            self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", **state)
+            if self.max_to_keep is not None and self.checkpointer.writes_files():
+                current = self.checkpointer.get_checkpoint_file()
+                if not self.recent_checkpoints or self.recent_checkpoints[-1] != current:
+                    self.recent_checkpoints.append(current)
+                while len(self.recent_checkpoints) > self.max_to_keep:
+                    old = self.recent_checkpoints.pop(0)
+                    if os.path.isfile(old) and not os.path.basename(old).startswith(f"{self.file_prefix}_final"):
+                        os.remove(old)
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", **state)
