@@ -45,7 +45,7 @@ class SmoothedValue:
 
     @property
     def median(self) -> float:
-        return float(torch.tensor(list(self.deque)).median().item()) if self.deque else float("nan")
+        return float(torch.tensor(list(self.deque), dtype=torch.float64).median().item()) if self.deque else float("nan")
 
     @property
     def avg(self) -> float:
