@@ -46,9 +46,7 @@ def collate_data_and_cast(
     # Crop-major order: every image's first crop, then every image's second crop.
     collated_global_crops = torch.stack([s[0]["global_crops"][i] for i in range(n_global_crops) for s in samples_list])
     if n_local_crops > 0:
-        collated_local_crops = torch.stack(
-            [s[0]["local_crops"][i] for i in range(n_local_crops) for s in samples_list]
-        )
+        collated_local_crops = torch.stack([s[0]["local_crops"][i] for i in range(n_local_crops) for s in samples_list])
     else:
         collated_local_crops = torch.empty((0,), dtype=dtype)
 

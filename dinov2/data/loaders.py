@@ -1,20 +1,16 @@
 """Data loaders for training (infinite, sharded by rank) and evaluation (exact shards, indexed samples)."""
 
 import logging
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dinov2 import distributed
+
 from .samplers import EvalShardSampler, InfiniteSampler
 
 logger = logging.getLogger("dinov2")
-
-
-def _rank_and_world_size() -> Tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class IndexedDataset(Dataset):
@@ -70,7 +66,7 @@ def make_data_loader(
     Returns:
         A ``DataLoader`` with an ``InfiniteSampler``.
     """
-    rank, world_size = _rank_and_world_size()
+    rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
     sampler = InfiniteSampler(
         sample_count=len(dataset), shuffle=shuffle, seed=seed, start=rank, step=world_size, advance=sampler_advance
     )
@@ -121,7 +117,7 @@ def make_eval_data_loader(
     """
     if not isinstance(dataset, IndexedDataset):
         dataset = IndexedDataset(dataset)
-    rank, world_size = _rank_and_world_size()
+    rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
     sampler = EvalShardSampler(len(dataset), rank, world_size)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

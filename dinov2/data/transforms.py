@@ -78,4 +78,3 @@ def make_classification_eval_transform(
             make_normalize_transform(mean=mean, std=std),
         ]
     )
-

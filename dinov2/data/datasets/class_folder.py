@@ -16,10 +16,11 @@ import os
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
+
+from dinov2 import distributed
 
 from .decoders import PathLike, load_image_rgb
 
@@ -48,9 +49,7 @@ def _is_visible(name: str) -> bool:
 def _list_class_folders(root: str) -> List[str]:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"dataset root '{root}' does not exist or is not a directory")
-    classes = sorted(
-        name for name in os.listdir(root) if _is_visible(name) and os.path.isdir(os.path.join(root, name))
-    )
+    classes = sorted(name for name in os.listdir(root) if _is_visible(name) and os.path.isdir(os.path.join(root, name)))
     if not classes:
         raise FileNotFoundError(f"dataset root '{root}' contains no class folders (expected one folder per class)")
     return classes
@@ -61,9 +60,7 @@ def _list_images(root: str, class_name: str) -> List[str]:
     files = sorted(
         name
         for name in os.listdir(folder)
-        if _is_visible(name)
-        and name.lower().endswith(IMAGE_EXTENSIONS)
-        and os.path.isfile(os.path.join(folder, name))
+        if _is_visible(name) and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
     )
     if not files:
         raise FileNotFoundError(
@@ -72,9 +69,7 @@ def _list_images(root: str, class_name: str) -> List[str]:
     return files
 
 
-def _split_counts(
-    n: int, train_ratio: float, val_ratio: float, class_name: str, folder: str
-) -> Tuple[int, int, int]:
+def _split_counts(n: int, train_ratio: float, val_ratio: float, class_name: str, folder: str) -> Tuple[int, int, int]:
     """Return (n_train, n_val, n_query) for a class of ``n`` files, or raise naming the class."""
     n_db = int(n * train_ratio)
     n_query = n - n_db
@@ -100,12 +95,6 @@ def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
     scale = size / min(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return image.resize(new_size, Image.Resampling.BICUBIC)
-
-
-def _is_main_process() -> bool:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return True
 
 
 class ClassFolderDataset(Dataset):
@@ -201,7 +190,7 @@ class ClassFolderDataset(Dataset):
 
     def _decode_all(self) -> List[np.ndarray]:
         cached = []
-        progress = tqdm(self.samples, desc=f"caching {self.split} images", disable=not _is_main_process())
+        progress = tqdm(self.samples, desc=f"caching {self.split} images", disable=not distributed.is_main_process())
         for path, _ in progress:
             image = load_image_rgb(path)
             if self.cache_size is not None:

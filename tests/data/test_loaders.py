@@ -1,0 +1,125 @@
+import functools
+import itertools
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dinov2 import distributed
+from dinov2.data import (
+    ClassFolderDataset,
+    DataAugmentationDINO,
+    ImageLoadError,
+    IndexedDataset,
+    InfiniteSampler,
+    MaskingGenerator,
+    collate_data_and_cast,
+    make_classification_eval_transform,
+    make_data_loader,
+    make_eval_data_loader,
+)
+
+LAYOUT = {"a": [f"a{i}.png" for i in range(5)], "b": [f"b{i}.png" for i in range(4)]}
+
+
+def _eval_dataset(root):
+    return ClassFolderDataset(root, "all", train_ratio=0.5, transform=make_classification_eval_transform(crop_size=8))
+
+
+def _fake_world(monkeypatch, rank, world_size):
+    monkeypatch.setattr(distributed, "get_global_rank", lambda: rank)
+    monkeypatch.setattr(distributed, "get_global_size", lambda: world_size)
+
+
+def test_training_loader_follows_the_infinite_sampler(make_tree):
+    dataset = IndexedDataset(_eval_dataset(make_tree(LAYOUT)))
+    loader = make_data_loader(dataset, batch_size=4, num_workers=0, seed=5, sampler_advance=3)
+    batches = list(itertools.islice(iter(loader), 5))  # 20 samples: more than two epochs of 9
+    indices = torch.cat([batch[2] for batch in batches]).tolist()
+    expected = list(itertools.islice(iter(InfiniteSampler(9, seed=5, advance=3)), 20))
+    assert indices == expected
+    images, labels, _ = batches[0]
+    assert images.shape == (4, 3, 8, 8)
+    assert labels.tolist() == [dataset.dataset.targets[i] for i in expected[:4]]
+
+
+def test_training_loader_takes_rank_and_world_size_from_the_process_group(make_tree, monkeypatch):
+    _fake_world(monkeypatch, rank=1, world_size=2)
+    dataset = IndexedDataset(_eval_dataset(make_tree(LAYOUT)))
+    loader = make_data_loader(dataset, batch_size=2, num_workers=0, seed=0)
+    indices = torch.cat([b[2] for b in itertools.islice(iter(loader), 4)]).tolist()
+    assert indices == list(itertools.islice(iter(InfiniteSampler(9, seed=0, start=1, step=2)), 8))
+
+
+def test_eval_loader_yields_every_sample_once_with_its_index(make_tree, monkeypatch):
+    dataset = _eval_dataset(make_tree(LAYOUT))
+    seen = []
+    for rank in range(3):
+        _fake_world(monkeypatch, rank=rank, world_size=3)
+        for images, labels, indices in make_eval_data_loader(dataset, batch_size=2, num_workers=0):
+            assert labels.tolist() == [dataset.targets[i] for i in indices.tolist()]
+            assert images.shape[1:] == (3, 8, 8)
+            seen.extend(indices.tolist())
+    assert sorted(seen) == list(range(len(dataset))) and len(seen) == len(dataset)
+
+
+def _training_collate():
+    return functools.partial(
+        collate_data_and_cast,
+        mask_ratio_tuple=(0.1, 0.5),
+        mask_probability=0.5,
+        dtype=torch.float32,
+        n_tokens=4,
+        mask_generator=MaskingGenerator(2, min_num_patches=1),
+    )
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_worker_error_names_the_corrupt_file(make_tree, kind):
+    root = make_tree(LAYOUT)
+    (root / "b" / "b2.png").write_bytes(b"")
+    if kind == "train":
+        augment = DataAugmentationDINO((0.6, 1.0), (0.2, 0.5), 1, global_crops_size=16, local_crops_size=8)
+        dataset = ClassFolderDataset(root, "all", train_ratio=0.5, transform=augment)
+        loader = make_data_loader(dataset, batch_size=3, num_workers=2, collate_fn=_training_collate())
+        batches = itertools.islice(iter(loader), 10)  # 30 samples: b2.png is reached
+    else:
+        loader = make_eval_data_loader(_eval_dataset(root), batch_size=3, num_workers=2)
+        batches = iter(loader)
+    with pytest.raises(ImageLoadError, match="b2.png"):
+        for _ in batches:
+            pass
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gather_worker(rank, world_size, port, root, size):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        dataset = _eval_dataset(root)
+        indices, labels = [], []
+        for _, batch_labels, batch_indices in make_eval_data_loader(dataset, batch_size=2, num_workers=0):
+            indices.extend(batch_indices.tolist())
+            labels.extend(batch_labels.tolist())
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, (indices, labels))
+        merged = sorted(
+            (i, label) for part_indices, part_labels in gathered for i, label in zip(part_indices, part_labels)
+        )
+        assert [i for i, _ in merged] == list(range(size))
+        assert [label for _, label in merged] == dataset.targets
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_evaluate_every_sample_exactly_once(make_tree):
+    root = make_tree(LAYOUT)
+    size = sum(len(v) for v in LAYOUT.values())
+    mp.spawn(_gather_worker, args=(2, _free_port(), str(root), size), nprocs=2, join=True)
