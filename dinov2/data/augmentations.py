@@ -33,10 +33,6 @@ class DataAugmentationDINO:
         blur_probabilities: blur probability of global crop 1, global crop 2 and local crops; the
             default is the SPEC's (1.0, 0.1, 0.5); ``REFERENCE_CODE_BLUR_PROBABILITIES`` reproduces
             the reference code, whose blur class applies 1 - p.
-
-    Returns (of ``__call__``):
-        A dict with ``global_crops`` (2 tensors [3, G, G]), ``global_crops_teacher`` (the same two),
-        ``local_crops`` (``local_crops_number`` tensors [3, L, L]) and ``offsets`` (empty tuple).
     """
 
     def __init__(
@@ -102,6 +98,15 @@ class DataAugmentationDINO:
         self.local_transfo = transforms.Compose([color_jittering, GaussianBlur(p=blur_local), self.normalize])
 
     def __call__(self, image: Image.Image) -> Dict[str, object]:
+        """Crop and distort one image.
+
+        Args:
+            image: an RGB PIL image.
+
+        Returns:
+            A dict with ``global_crops`` (2 tensors [3, G, G]), ``global_crops_teacher`` (the same two),
+            ``local_crops`` (``local_crops_number`` tensors [3, L, L]) and ``offsets`` (empty tuple).
+        """
         global_crop_1 = self.global_transfo1(self.geometric_augmentation_global(image))
         global_crop_2 = self.global_transfo2(self.geometric_augmentation_global(image))
         local_crops = [

@@ -42,6 +42,8 @@ class InfiniteSampler(Sampler):
             raise ValueError(f"start={start} >= sample_count={sample_count}: this rank would get no samples")
         if advance < 0:
             raise ValueError(f"advance={advance} must be >= 0")
+        if seed < 0:
+            raise ValueError(f"seed={seed} must be >= 0")
         self._sample_count = sample_count
         self._shuffle = shuffle
         self._seed = seed

@@ -50,6 +50,8 @@ def test_infinite_sampler_rejects_bad_arguments():
         InfiniteSampler(5, start=2, step=2)
     with pytest.raises(ValueError, match="advance=-1"):
         InfiniteSampler(5, advance=-1)
+    with pytest.raises(ValueError, match="seed=-3"):
+        InfiniteSampler(5, seed=-3)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
