@@ -1,0 +1,70 @@
+"""Tests of dinov2/logging: SmoothedValue statistics, MetricLogger's JSON lines, and setup_logging's files."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from dinov2.logging import MetricLogger, SmoothedValue, setup_logging
+
+
+def test_smoothed_value_window_and_global_statistics():
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    meter = SmoothedValue(window_size=4)
+    for v in values:
+        meter.update(v)
+    window = values[-4:]
+    assert meter.avg == pytest.approx(np.mean(window))
+    assert meter.max == max(window)
+    assert meter.value == values[-1]
+    assert meter.global_avg == pytest.approx(np.mean(values))
+    # torch's median of an even-sized window is the lower middle value.
+    assert meter.median == sorted(window)[1]
+
+
+def test_log_every_yields_all_items_and_writes_one_json_line_per_logged_iteration(tmp_path, caplog):
+    out = tmp_path / "training_metrics.json"
+    metric_logger = MetricLogger(output_file=str(out))
+    seen = []
+    with caplog.at_level(logging.INFO, logger="dinov2"):
+        for item in metric_logger.log_every(iter(range(100)), 3, "Training", n_iterations=12, start_iteration=5):
+            seen.append(item)
+            metric_logger.update(loss=float(item), lr=0.5)
+    # Iterations 5..11 are run: 7 items of the endless stream.
+    assert seen == list(range(7))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    # Logged when iteration % 3 == 0, and at the last iteration.
+    assert [r["iteration"] for r in records] == [6, 9, 11]
+    assert records[0]["lr"] == 0.5 and records[0]["loss"] == 0.0  # median of [0, 1]: the lower value
+    assert {"iter_time", "data_time"} <= set(records[0])
+    progress = [r.message for r in caplog.records if "eta:" in r.message]
+    assert len(progress) == 3 and "[ 6/12]" in progress[0] and "loss:" in progress[0]
+
+
+def test_log_every_does_nothing_when_already_finished(tmp_path):
+    metric_logger = MetricLogger(output_file=str(tmp_path / "m.json"))
+    assert list(metric_logger.log_every(iter(range(5)), 1, n_iterations=3, start_iteration=3)) == []
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_update_rejects_non_numbers():
+    with pytest.raises(TypeError, match="metric 'name'"):
+        MetricLogger().update(name="text")
+
+
+def test_setup_logging_writes_the_log_file_and_captures_warnings(tmp_path):
+    logger = setup_logging(output=str(tmp_path), name="dinov2")
+    logger.info("hello from the test")
+    logging.getLogger("py.warnings").warning("a captured warning")
+    setup_logging(output=str(tmp_path / "second"), name="dinov2")
+    logger.info("second run")
+    for handler in logger.handlers + logging.getLogger("py.warnings").handlers:
+        handler.flush()
+    first = (tmp_path / "log.txt").read_text()
+    assert "hello from the test" in first and "a captured warning" in first
+    # A new set-up replaces the handlers: the first file no longer receives lines.
+    assert "second run" not in first
+    assert "second run" in (tmp_path / "second" / "log.txt").read_text()
+    assert sum(isinstance(h, logging.StreamHandler) and h.stream.name.endswith("log.txt") for h in logger.handlers
+               if hasattr(h.stream, "name")) == 1
