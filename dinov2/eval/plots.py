@@ -1,0 +1,175 @@
+"""PNG plots of retrieval results: precision-recall curve, precision@k curve and a retrieval grid.
+
+Each function takes plain arrays and a destination path and writes one PNG atomically (temporary
+file in the same folder, then ``os.replace``). Figures are drawn with matplotlib's object API on the
+Agg canvas, without ``pyplot``: no global state is touched and no display is needed. matplotlib is
+an optional dependency (the ``eval`` extra); it is imported when a plot is drawn.
+"""
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+# Frame colours of retrieved thumbnails: sharing the query's label or not.
+RELEVANT_COLOR = "#1a9850"
+IRRELEVANT_COLOR = "#d73027"
+QUERY_COLOR = "#4575b4"
+_DPI = 100
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: str) -> str:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # The temporary name keeps the extension, from which matplotlib would otherwise infer the format.
+    tmp_path = os.path.join(directory, f".tmp.{os.getpid()}.{os.path.basename(path)}")
+    try:
+        figure.savefig(tmp_path, format="png", dpi=_DPI)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    return path
+
+
+def _check_curve(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        raise ValueError(
+            f"{x_name} and {y_name} must be non-empty 1-D arrays of one length, got shapes {x.shape} and {y.shape}"
+        )
+
+
+def plot_precision_recall(precision: np.ndarray, recall: np.ndarray, path: str, title: str = "") -> str:
+    """Precision against recall of Hamming-radius lookup, one point per radius.
+
+    Args:
+        precision: [R] precision at radius 0..R-1 (``precision_recall_curve``).
+        recall: [R] recall at the same radii.
+        path: destination PNG file.
+        title: figure title.
+    Returns:
+        ``path``.
+    """
+    precision, recall = np.asarray(precision, dtype=float), np.asarray(recall, dtype=float)
+    _check_curve(recall, precision, "recall", "precision")
+    figure = _new_figure(5, 4)
+    ax = figure.add_subplot()
+    ax.plot(recall, precision, marker="o", markersize=3)
+    ax.annotate("r=0", (recall[0], precision[0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title or "precision-recall (Hamming radius 0..K)", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_precision_at_k(ks: np.ndarray, precision: np.ndarray, path: str, title: str = "") -> str:
+    """Precision among the first k ranked database items against k, on a logarithmic k axis.
+
+    Args:
+        ks: [n] positive depths, increasing.
+        precision: [n] mean precision@k at each depth.
+        path: destination PNG file.
+        title: figure title.
+    Returns:
+        ``path``.
+    """
+    ks, precision = np.asarray(ks), np.asarray(precision, dtype=float)
+    _check_curve(ks, precision, "ks", "precision")
+    if (ks <= 0).any():
+        raise ValueError(f"ks must be positive depths for a logarithmic axis, got minimum {ks.min()}")
+    figure = _new_figure(5, 4)
+    ax = figure.add_subplot()
+    ax.plot(ks, precision, marker="o", markersize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (retrieved items)")
+    ax.set_ylabel("precision@k")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title or "precision@k", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _frame(ax, color: str, width: float = 3.0) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(color)
+        spine.set_linewidth(width)
+
+
+def plot_retrieval_grid(
+    query_images: Sequence[np.ndarray],
+    retrieved_images: Sequence[Sequence[np.ndarray]],
+    relevant: np.ndarray,
+    path: str,
+    query_titles: Sequence[str] = (),
+    retrieved_titles: Sequence[Sequence[str]] = (),
+    title: str = "",
+) -> str:
+    """One row per query: the query image, then its ranked database images framed by relevance.
+
+    Args:
+        query_images: Q images, each [H, W, 3] uint8 (or float in [0, 1]).
+        retrieved_images: Q rows of k images each.
+        relevant: bool [Q, k]; True frames a retrieved image green (shares the query's label), False red.
+        path: destination PNG file.
+        query_titles: Q small titles above the queries (e.g. the class).
+        retrieved_titles: Q rows of k small titles (e.g. class and Hamming distance).
+        title: figure title.
+    Returns:
+        ``path``.
+    """
+    relevant = np.asarray(relevant, dtype=bool)
+    num_queries = len(query_images)
+    if num_queries == 0:
+        raise ValueError("plot_retrieval_grid needs at least one query image")
+    if relevant.ndim != 2 or relevant.shape[0] != num_queries or len(retrieved_images) != num_queries:
+        raise ValueError(
+            f"got {num_queries} query images, {len(retrieved_images)} rows of retrieved images and relevance of "
+            f"shape {relevant.shape}; expected one row per query and relevance [queries, k]"
+        )
+    k = relevant.shape[1]
+    for row, images in enumerate(retrieved_images):
+        if len(images) != k:
+            raise ValueError(f"row {row} has {len(images)} retrieved images, expected k={k} like the relevance")
+    for name, titles, expected in (
+        ("query_titles", query_titles, num_queries),
+        ("retrieved_titles", retrieved_titles, num_queries),
+    ):
+        if len(titles) not in (0, expected):
+            raise ValueError(f"{name} has {len(titles)} entries, expected {expected} (or none)")
+
+    cell = 1.25  # inches per thumbnail; titles take the extra height
+    figure = _new_figure(cell * (k + 1) + 0.2, (cell + 0.45) * num_queries + (0.4 if title else 0.1))
+    axes = figure.subplots(num_queries, k + 1, squeeze=False)
+    for q in range(num_queries):
+        ax = axes[q, 0]
+        ax.imshow(query_images[q])
+        _frame(ax, QUERY_COLOR)
+        ax.set_title(query_titles[q] if query_titles else "query", fontsize=7, fontweight="bold")
+        for j in range(k):
+            ax = axes[q, j + 1]
+            ax.imshow(retrieved_images[q][j])
+            _frame(ax, RELEVANT_COLOR if relevant[q, j] else IRRELEVANT_COLOR)
+            if retrieved_titles:
+                ax.set_title(retrieved_titles[q][j], fontsize=6)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout(pad=0.3, h_pad=0.4, w_pad=0.2)
+    return _save(figure, path)
