@@ -46,8 +46,8 @@ __all__ = [
 # keeping blocks large enough for vectorised kernels.
 _BLOCK_ELEMENTS = 1 << 18
 # Database codes per block of the top-k search, and the most [queries, database] pairs per block.
-_TOPK_DB_CHUNK = 1 << 16
-_TOPK_BLOCK_ELEMENTS = 1 << 22
+_TOPK_DB_CHUNK = 1 << 14
+_TOPK_BLOCK_ELEMENTS = 1 << 20
 _TOPK_MAX_QUERIES = 64
 # mAP@k and precision@k search the top k instead of ranking everything when k <= N / this.
 _TOPK_SEARCH_RATIO = 8
@@ -422,9 +422,14 @@ def _local_topk_mask(ops, dist, k: int, num_buckets: int):
     cum = ops.cumsum(ops.bincount(keys.reshape(-1), minlength=c * num_buckets).reshape(c, num_buckets), 1)
     cut = (cum < k).sum(1)  # bucket of the k-th item; num_buckets when the row is shorter than k
     before = ops.where(cut > 0, ops.take_along(cum, (cut - 1 + (cut == 0))[:, None])[:, 0], 0)
-    cut = ops.cast(cut, dist)[:, None]
-    at_cut = dist == cut
-    return (dist < cut) | (at_cut & (ops.cumsum(at_cut, 1) <= (k - before)[:, None]))
+    cut_column = ops.cast(cut, dist)[:, None]
+    mask = dist < cut_column
+    # and the first k - before items at the cut distance, in index order
+    r, col = ops.nonzero(dist == cut_column)
+    counts = ops.bincount(r, minlength=c)
+    keep = ops.arange(r.shape[0]) - (ops.cumsum(counts, 0) - counts)[r] < (k - before)[r]
+    mask[r[keep], col[keep]] = True
+    return mask
 
 
 def _merge_sorted(ops, best, cand, sentinel: int):
