@@ -174,7 +174,8 @@ class FSDPCheckpointer(Checkpointer):
                 except (KeyError, ValueError, RuntimeError) as exc:
                     raise CheckpointError(f"cannot restore '{key}' from {path}: {exc}") from exc
             else:
-                raise CheckpointError(f"{path} has no '{key}' state (keys: {', '.join(checkpoint)})")
+                # E.g. a CPU checkpoint (no grad scaler) resumed on CUDA with fp16: the object starts fresh.
+                logger.warning(f"{path} holds no '{key}' state: '{key}' starts from its initial state")
         return checkpoint
 
 

@@ -166,6 +166,14 @@ def build_schedulers(cfg) -> Dict[str, CosineScheduler]:
     total = cfg.optim.epochs * epoch_length
     if total <= 0:
         raise ConfigError(f"optim.epochs * train.OFFICIAL_EPOCH_LENGTH = {total} must be > 0")
+    for key, value in (
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs),
+        ("optim.freeze_last_layer_epochs", cfg.optim.freeze_last_layer_epochs),
+    ):
+        if not 0 <= value <= cfg.optim.epochs:
+            raise ConfigError(f"{key}={value} must be between 0 and optim.epochs={cfg.optim.epochs}")
+    if cfg.teacher.warmup_teacher_temp_epochs < 0:
+        raise ConfigError(f"teacher.warmup_teacher_temp_epochs={cfg.teacher.warmup_teacher_temp_epochs} must be >= 0")
     lr = dict(
         base_value=cfg.optim.lr,
         final_value=cfg.optim.min_lr,
@@ -685,11 +693,10 @@ def do_eval_only(cfg, setup_: Optional[TrainingSetup], evaluator: RetrievalEvalu
     """Evaluate MODEL.WEIGHTS, or the teacher of the last checkpoint in the output directory."""
     if cfg.MODEL.WEIGHTS:
         encoder = build_hashing_network(cfg, cfg.MODEL.WEIGHTS).to(device)
-        iteration, source = -1, cfg.MODEL.WEIGHTS
-        try:
-            iteration = int(torch.load(source, map_location="cpu", weights_only=True).get("iteration", -1))
-        except Exception:
-            logger.info(f"{source} records no iteration")
+        source = cfg.MODEL.WEIGHTS
+        # build_hashing_network has read this file already; only the recorded iteration is wanted here.
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        iteration = int(checkpoint.get("iteration", -1)) if isinstance(checkpoint, dict) else -1
     else:
         checkpointer = FSDPCheckpointer(setup_.model, cfg.train.output_dir)
         if not checkpointer.has_checkpoint():
@@ -769,6 +776,8 @@ def main(args) -> Dict[str, Any]:
     preview = get_cfg_from_args(args)
     if not args.no_resume or args.eval_only:
         check_resume_config(preview, output_dir)
+    elif _has_resume_state(output_dir):
+        logger.warning(f"--no-resume: the checkpoints in {output_dir} are ignored and will be overwritten as training goes")
     if distributed.is_enabled():
         # Nobody rewrites config.yaml before every rank has compared it.
         torch.distributed.barrier()
