@@ -17,7 +17,7 @@ from dinov2.layers import DINOHead
 from dinov2.loss import DINOLoss, HashQuantizationLoss, KoLeoLoss, iBOTPatchLoss
 from dinov2.models import build_model_from_cfg
 from dinov2.models.hashing_network import build_hash_head
-from dinov2.utils.config import ConfigError
+from dinov2.utils.config import ConfigError, validate_config
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
 from dinov2.utils.utils import load_pretrained_weights
 
@@ -44,6 +44,8 @@ class SSLMetaArch(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        # Bad values stop here with their key named, before any module is built from them.
+        validate_config(cfg)
         self.cfg = cfg
         # Set by the training loop on CUDA with fp16 (ShardedGradScaler); None trains without scaling.
         self.fp16_scaler = None

@@ -115,6 +115,176 @@ def _merge(cfg: DictConfig, override: DictConfig, source: str) -> DictConfig:
         raise ConfigError(f"cannot merge {source}: {exc}") from exc
 
 
+# Integer keys: (smallest, largest) allowed value. The upper bounds are sanity limits far above any
+# real run; they stop a mistyped value (an extra zero, a seed pasted into a size) before it becomes
+# a multi-gigabyte allocation or a schedule array deep inside torch or numpy.
+_INT_RANGES = {
+    "train.batch_size_per_gpu": (1, 1 << 16),
+    "train.OFFICIAL_EPOCH_LENGTH": (1, 10**7),
+    "train.saveckp_freq": (1, 10**6),
+    "train.num_workers": (0, 1024),
+    "train.log_period": (1, 10**9),
+    "train.seed": (0, 2**32 - 1),
+    "optim.epochs": (1, 10**6),
+    "optim.warmup_epochs": (0, 10**6),
+    "optim.freeze_last_layer_epochs": (0, 10**6),
+    "teacher.warmup_teacher_temp_epochs": (0, 10**6),
+    "hash.hash_bit": (1, 1 << 14),
+    "hash.patch_proj_dim": (1, 1 << 14),
+    "dino.head_n_prototypes": (1, 1 << 20),
+    "dino.head_bottleneck_dim": (1, 1 << 14),
+    "dino.head_hidden_dim": (1, 1 << 15),
+    "dino.head_nlayers": (1, 64),
+    "ibot.head_n_prototypes": (1, 1 << 20),
+    "ibot.head_bottleneck_dim": (1, 1 << 14),
+    "ibot.head_hidden_dim": (1, 1 << 15),
+    "ibot.head_nlayers": (1, 64),
+    "student.patch_size": (1, 1024),
+    "student.block_chunks": (0, 1024),
+    "student.num_register_tokens": (0, 1024),
+    "crops.global_crops_size": (1, 8192),
+    "crops.local_crops_size": (1, 8192),
+    "crops.local_crops_number": (0, 128),
+    "evaluation.eval_period_iterations": (0, 10**9),
+    "evaluation.batch_size": (1, 1 << 16),
+    "evaluation.num_workers": (0, 1024),
+    "data.demo_classes": (1, 1000),
+    "data.demo_images_per_class": (2, 100000),
+    "data.demo_image_size": (8, 8192),
+}
+# Integer keys where null is also allowed (null keeps the documented default behaviour).
+_OPTIONAL_INT_RANGES = {
+    "evaluation.topk": (1, 10**9),
+    "data.cache_size": (1, 8192),
+}
+# Float keys: (lower, upper, lower_inclusive, upper_inclusive); None bounds are open-ended.
+_FLOAT_RANGES = {
+    "optim.base_lr": (0.0, None, True, False),
+    "optim.min_lr": (0.0, None, True, False),
+    "optim.weight_decay": (0.0, None, True, False),
+    "optim.weight_decay_end": (0.0, None, True, False),
+    "optim.clip_grad": (0.0, None, True, False),
+    "optim.patch_embed_lr_mult": (0.0, None, True, False),
+    "optim.layerwise_decay": (0.0, 1.0, False, True),
+    "optim.adamw_beta1": (0.0, 1.0, True, False),
+    "optim.adamw_beta2": (0.0, 1.0, True, False),
+    "teacher.momentum_teacher": (0.0, 1.0, True, True),
+    "teacher.final_momentum_teacher": (0.0, 1.0, True, True),
+    "teacher.teacher_temp": (0.0, None, False, False),
+    "teacher.warmup_teacher_temp": (0.0, None, False, False),
+    "dino.loss_weight": (0.0, None, True, False),
+    "dino.koleo_loss_weight": (0.0, None, True, False),
+    "ibot.loss_weight": (0.0, None, True, False),
+    "ibot.mask_sample_probability": (0.0, 1.0, True, True),
+    "hash.loss_hash_reg": (0.0, None, True, False),
+    "data.train_ratio": (0.0, 1.0, False, False),
+    "data.val_ratio": (0.0, 1.0, True, False),
+    "student.drop_path_rate": (0.0, 1.0, True, False),
+    "student.interpolate_offset": (0.0, None, True, False),
+}
+# Keys whose value is an interval [low, high] inside (or at the ends of) [lower, 1].
+_INTERVAL_KEYS = {
+    "ibot.mask_ratio_min_max": (0.0, True),
+    "crops.global_crops_scale": (0.0, False),
+    "crops.local_crops_scale": (0.0, False),
+}
+_CHOICES = {
+    "train.centering": ("centering", "sinkhorn_knopp"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "hash.pooling": ("awp", "mean"),
+    "student.ffn_layer": ("mlp", "swiglu", "swiglufused", "identity"),
+    "evaluation.select_on": ("query", "val"),
+    "optim.scaling_rule": ("sqrt_wrt_1024",),
+}
+_MISSING = object()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bounds_text(low, high, low_inclusive: bool, high_inclusive: bool) -> str:
+    left = f">= {low}" if low_inclusive else f"> {low}"
+    if high is None:
+        return left
+    return f"{left} and {'<=' if high_inclusive else '<'} {high}"
+
+
+def validate_config(cfg: DictConfig) -> DictConfig:
+    """Check the values of a merged configuration, each against what its consumer can use.
+
+    ``merge_config`` checks keys and types against the default; this checks ranges, choices and
+    the relations between keys (crop sizes divisible by the patch size, warm-ups within the
+    schedule), so a bad value stops the run at start-up with its key named instead of failing later
+    inside torch. Keys absent from ``cfg`` are skipped (partial configs in tests).
+
+    Args:
+        cfg: the merged configuration.
+    Returns:
+        ``cfg`` unchanged.
+    Raises:
+        ConfigError: naming the first offending key, its value and what was expected.
+    """
+
+    def get(key):
+        return OmegaConf.select(cfg, key, default=_MISSING)
+
+    def fail(key, value, expected):
+        raise ConfigError(f"config key '{key}': value {value!r} is not usable; expected {expected}")
+
+    for key, (low, high) in list(_INT_RANGES.items()) + list(_OPTIONAL_INT_RANGES.items()):
+        value = get(key)
+        if value is _MISSING or (value is None and key in _OPTIONAL_INT_RANGES):
+            continue
+        if not _is_int(value) or not low <= value <= high:
+            fail(key, value, f"an integer between {low} and {high}")
+    for key, (low, high, low_inclusive, high_inclusive) in _FLOAT_RANGES.items():
+        value = get(key)
+        if value is _MISSING:
+            continue
+        ok = _is_number(value) and math.isfinite(value)
+        ok = ok and (value >= low if low_inclusive else value > low)
+        ok = ok and (high is None or (value <= high if high_inclusive else value < high))
+        if not ok:
+            fail(key, value, "a finite number " + _bounds_text(low, high, low_inclusive, high_inclusive))
+    for key, (low, low_inclusive) in _INTERVAL_KEYS.items():
+        value = get(key)
+        if value is _MISSING:
+            continue
+        pair = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else None
+        ok = pair is not None and len(pair) == 2 and all(_is_number(v) and math.isfinite(v) for v in pair)
+        ok = ok and (pair[0] >= low if low_inclusive else pair[0] > low) and pair[0] <= pair[1] <= 1.0
+        if not ok:
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            fail(key, shown, f"[low, high] with {'0 <=' if low_inclusive else '0 <'} low <= high <= 1")
+    for key, choices in _CHOICES.items():
+        value = get(key)
+        if value is not _MISSING and value not in choices:
+            fail(key, value, f"one of {', '.join(choices)}")
+    layerscale = get("student.layerscale")
+    if layerscale is not _MISSING and layerscale is not None:
+        if not (_is_number(layerscale) and math.isfinite(layerscale) and layerscale >= 0):
+            fail("student.layerscale", layerscale, "null or a finite number >= 0")
+
+    patch = get("student.patch_size")
+    if _is_int(patch):
+        for key in ("crops.global_crops_size", "crops.local_crops_size"):
+            size = get(key)
+            if _is_int(size) and size % patch:
+                fail(key, size, f"a multiple of student.patch_size={patch}")
+    epochs = get("optim.epochs")
+    if _is_int(epochs):
+        for key in ("optim.warmup_epochs", "optim.freeze_last_layer_epochs"):
+            value = get(key)
+            if _is_int(value) and value > epochs:
+                fail(key, value, f"at most optim.epochs={epochs}")
+    return cfg
+
+
 def apply_scaling_rules_to_cfg(cfg: DictConfig, world_size: int = 1) -> DictConfig:
     """Set ``optim.lr`` from ``optim.base_lr`` with the configured scaling rule."""
     if cfg.optim.scaling_rule == "sqrt_wrt_1024":
@@ -169,6 +339,7 @@ def setup(args, world_size: Optional[int] = None, rank: int = 0) -> DictConfig:
     os.makedirs(args.output_dir, exist_ok=True)
     if world_size is None:
         world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    validate_config(cfg)
     fix_random_seeds(cfg.train.seed + rank)
     apply_scaling_rules_to_cfg(cfg, world_size)
     if rank == 0:
