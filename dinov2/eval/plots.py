@@ -22,7 +22,8 @@ def _new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=_DPI)
+    # The constrained layout leaves room for titles, the suptitle included, without overlaps.
+    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -72,7 +73,6 @@ def plot_precision_recall(precision: np.ndarray, recall: np.ndarray, path: str, 
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     ax.set_title(title or "precision-recall (Hamming radius 0..K)", fontsize=10)
-    figure.tight_layout()
     return _save(figure, path)
 
 
@@ -100,7 +100,6 @@ def plot_precision_at_k(ks: np.ndarray, precision: np.ndarray, path: str, title:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or "precision@k", fontsize=10)
-    figure.tight_layout()
     return _save(figure, path)
 
 
@@ -171,5 +170,4 @@ def plot_retrieval_grid(
                 ax.set_title(retrieved_titles[q][j], fontsize=6)
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout(pad=0.3, h_pad=0.4, w_pad=0.2)
     return _save(figure, path)

@@ -1,0 +1,640 @@
+"""SDSH retrieval tool: encode a dataset with a trained teacher, score Hamming-ranking retrieval, search.
+
+Evaluation (the database is the ``train`` split, the queries the ``query`` split of SPEC section 4)::
+
+    python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml \\
+        --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval data.root=/data/AID
+
+writes to ``--output-dir``: ``metrics.json`` (mAP@all, mAP@k, P@k, precision within Hamming radius 2,
+tie-aware mAP, counts, timing), ``codes.npz`` (packed binary codes, labels and relative file paths of
+the database and the queries), ``database.faissindex`` (a faiss ``IndexBinaryFlat`` of the database
+codes, when faiss is installed), ``split_manifest.csv``, ``retrieval_config.yaml``,
+``retrieval_log.txt`` and the plots ``pr_curve.png``, ``precision_at_k.png`` and
+``retrieval_grid.png``. Every file is written atomically.
+
+Search with one image (reuses ``codes.npz`` of ``--output-dir`` when it was written with the same
+weights, model and data settings; otherwise encodes the database first)::
+
+    python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
+        --output-dir runs/aid64/retrieval --query /data/AID/Airport/airport_1.jpg --topk 10 data.root=/data/AID
+
+Several processes (torchrun or SLURM) share the encoding; every image is encoded exactly once::
+
+    torchrun --nproc_per_node 4 dinov2/eval/retrieval.py --config-file ... --weights ... --output-dir ...
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from dinov2 import distributed
+from dinov2.data import ClassFolderDataset, ImageLoadError, make_classification_eval_transform
+from dinov2.data.datasets import load_image_rgb
+from dinov2.eval.encode import extract_codes
+from dinov2.eval.hashing import (
+    binarize,
+    hamming_topk,
+    mean_average_precision,
+    pack_codes,
+    precision_at_k,
+    precision_recall_curve,
+    precision_within_radius,
+    tie_aware_mean_average_precision,
+    unpack_codes,
+)
+from dinov2.logging import setup_logging
+from dinov2.models import build_hashing_network
+from dinov2.models.checkpoint_formats import CheckpointFormatError, detect_format, load_checkpoint_file
+from dinov2.train.train import resolve_data_root, select_device
+from dinov2.utils.checkpoint import CheckpointError, atomic_write_text
+from dinov2.utils.config import ConfigError, fix_random_seeds, get_cfg_from_args
+
+logger = logging.getLogger("dinov2")
+
+PRECISION_KS = (1, 5, 10, 50, 100)
+# mAP@k depths reported beside mAP@all when evaluation.topk is not set (each only when below the database size).
+DEFAULT_MAP_DEPTHS = (100, 1000)
+HAMMING_RADIUS = 2
+# Deepest point of the precision@k curve and number of points on its log-spaced grid.
+CURVE_MAX_K = 1000
+CURVE_POINTS = 40
+GRID_QUERIES = 6
+GRID_TOPK = 10
+# Config sections and keys that change the codes of a checkpoint: codes.npz is reused only under the same values.
+_FINGERPRINT_SECTIONS = ("student", "hash", "crops")
+_FINGERPRINT_DATA_KEYS = ("train_ratio", "val_ratio")
+
+_EXAMPLES = """examples:
+  # evaluate a trained teacher on AID (metrics.json, codes.npz, database.faissindex, plots)
+  python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml \\
+      --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval data.root=/data/AID
+
+  # the demo run of dinov2/train/train.py, evaluated on its generated dataset
+  python dinov2/eval/retrieval.py --config-file configs/demo.yaml \\
+      --weights outputs/demo/eval/best/teacher_checkpoint.pth --output-dir outputs/demo/retrieval
+
+  # the 10 nearest database images of one image (reuses codes.npz of --output-dir when it matches)
+  python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
+      --output-dir runs/aid64/retrieval --query some_image.jpg --topk 10 data.root=/data/AID
+
+  # baseline: a randomly initialised hash head on the public DINOv2 backbone
+  python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --random-weights \\
+      --output-dir runs/aid64/random data.root=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
+
+--weights accepts this project's training checkpoints (model_*.pth) and teacher checkpoints, a
+teacher_checkpoint.pth of the reference SDSH code, or a bare DINOv2 backbone (random hash head).
+Every key=value option must name a key of dinov2/configs/ssl_default_config.yaml.
+Exit status: 0 on success, 2 on bad input (the message names the file, key or value).
+"""
+
+
+class RetrievalError(RuntimeError):
+    """Input the retrieval tool cannot use: a bad option combination or an unusable query."""
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """Command-line options of the retrieval tool.
+
+    Args:
+        add_help: add ``-h/--help`` (False when used as a parent parser).
+    Returns:
+        The parser: --config-file, --weights, --random-weights, --output-dir, --query, --topk,
+        --batch-size, --device, --no-plots and ``key=value`` options.
+    """
+    parser = argparse.ArgumentParser(
+        "SDSH retrieval",
+        description="Encode a dataset with an SDSH teacher into binary codes and evaluate Hamming-ranking "
+        "retrieval (database = train split, queries = query split), or search the database with one image.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=add_help,
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML overrides of the default config")
+    parser.add_argument("--weights", default="", metavar="CKPT", help="checkpoint of the network to evaluate")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="evaluate without --weights: random hash head (and backbone unless student.pretrained_weights is set)",
+    )
+    parser.add_argument(
+        "--output-dir", "--output_dir", default="", metavar="DIR", help="where results are written (required)"
+    )
+    parser.add_argument("--query", default="", metavar="IMAGE", help="print the nearest database images of IMAGE")
+    parser.add_argument("--topk", type=int, default=10, metavar="N", help="with --query: how many (default 10)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, metavar="B", help="images per forward pass (evaluation.batch_size)"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default=None, help="where the network runs (train.device)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    parser.add_argument(
+        "opts",
+        help="config overrides as key=value (e.g. data.root=/data/AID hash.hash_bit=32)",
+        default=None,
+        nargs=argparse.REMAINDER,
+    )
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model, data and encoding
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_args(args) -> None:
+    """Fail before any work on option combinations and files that cannot be used."""
+    if not args.output_dir:
+        raise RetrievalError("--output-dir is required")
+    if args.weights and args.random_weights:
+        raise RetrievalError("give either --weights or --random-weights, not both")
+    if not args.weights and not args.random_weights:
+        raise RetrievalError("--weights is required (pass --random-weights to evaluate an untrained hash head)")
+    if args.weights and not os.path.isfile(args.weights):
+        raise FileNotFoundError(f"weights file not found: {args.weights}")
+    if args.query and not os.path.isfile(args.query):
+        raise FileNotFoundError(f"query image not found: {args.query}")
+    if args.topk < 1:
+        raise RetrievalError(f"--topk={args.topk} must be a positive number of results")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise RetrievalError(f"--batch-size={args.batch_size} must be a positive number of images")
+
+
+def weights_identity(weights: str) -> Dict[str, Any]:
+    """Absolute path, size and modification time of a weights file (None for random weights)."""
+    if not weights:
+        return {"weights": None}
+    path = os.path.abspath(weights)
+    stat = os.stat(path)
+    return {"weights": path, "weights_size": stat.st_size, "weights_mtime_ns": stat.st_mtime_ns}
+
+
+def codes_fingerprint(cfg, weights: str, root: str) -> str:
+    """What the database codes depend on, as a JSON string: weights file, model and data settings.
+
+    Random weights depend on ``train.seed`` (the network is built right after seeding).
+    """
+    fingerprint = dict(weights_identity(weights))
+    if not weights:
+        fingerprint["seed"] = cfg.train.seed
+    for section in _FINGERPRINT_SECTIONS:
+        fingerprint[section] = OmegaConf.to_container(cfg[section], resolve=True)
+    fingerprint["data"] = {"root": os.path.abspath(root), **{k: cfg.data[k] for k in _FINGERPRINT_DATA_KEYS}}
+    return json.dumps(fingerprint, sort_keys=True)
+
+
+def build_network(cfg, weights: str, device: torch.device) -> Tuple[torch.nn.Module, str]:
+    """The teacher's backbone and hash head with ``weights`` loaded, in eval mode on ``device``.
+
+    Returns:
+        (network, checkpoint format name; ``random`` without weights).
+    """
+    fmt = "random"
+    if weights:
+        checkpoint = load_checkpoint_file(weights)
+        try:
+            fmt = detect_format(checkpoint)
+        except CheckpointFormatError as exc:
+            raise CheckpointFormatError(f"{weights}: {exc}") from None
+        del checkpoint
+    # Random weights are reproducible: seeded right before the modules are initialised.
+    fix_random_seeds(cfg.train.seed)
+    try:
+        network = build_hashing_network(cfg, weights or None)
+    except (CheckpointFormatError, ConfigError):
+        raise
+    except (ValueError, RuntimeError) as exc:
+        # e.g. an unknown student.arch or pretrained weights of another architecture
+        source = weights or cfg.student.pretrained_weights or "random weights"
+        raise RetrievalError(f"cannot build the network of the config with {source}: {exc}") from None
+    return network.to(device).eval(), fmt
+
+
+def make_dataset(cfg, root: str, split: str) -> ClassFolderDataset:
+    """One split of the dataset with the evaluation transform of ``crops.global_crops_size``."""
+    crop = cfg.crops.global_crops_size
+    try:
+        return ClassFolderDataset(
+            root,
+            split,
+            cfg.data.train_ratio,
+            cfg.data.val_ratio,
+            transform=make_classification_eval_transform(crop_size=crop),
+            cache=cfg.train.cache_dataset,
+            # The evaluation transform first resizes the shorter side to this size: caching at it changes nothing.
+            cache_size=round(crop * 256 / 224),
+        )
+    except ValueError as exc:
+        # e.g. a train_ratio that leaves a class without database or query images
+        raise RetrievalError(f"dataset '{root}', split {split}: {exc}") from None
+
+
+def relative_files(dataset: ClassFolderDataset) -> List[str]:
+    """The dataset's files relative to its root, "/"-separated (as in the split manifest)."""
+    return [os.path.relpath(path, dataset.root).replace(os.sep, "/") for path, _ in dataset.samples]
+
+
+def _encode(network, dataset, batch_size: int, cfg, device, desc: str):
+    # Progress bars only on a terminal: in log files they would interleave with the log lines.
+    return extract_codes(network, dataset, batch_size, cfg.evaluation.num_workers, device, sys.stderr.isatty(), desc)
+
+
+def _pack(codes: np.ndarray) -> np.ndarray:
+    """Pack +-1 codes [N, K] into bytes [N, ceil(K/8)]; -1 padding bits add no Hamming distance."""
+    padding = -codes.shape[1] % 8
+    if padding:
+        codes = np.concatenate([codes, -np.ones((codes.shape[0], padding), dtype=codes.dtype)], axis=1)
+    return pack_codes(codes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics and outputs
+# ---------------------------------------------------------------------------------------------------
+
+
+def precision_curve_depths(num_database: int, max_k: int = CURVE_MAX_K, points: int = CURVE_POINTS) -> np.ndarray:
+    """Distinct integer depths from 1 to min(num_database, max_k), log-spaced (both ends included)."""
+    top = min(num_database, max_k)
+    return np.unique(np.round(np.geomspace(1, top, num=points)).astype(np.int64))
+
+
+def map_depths(topk: Optional[int], num_database: int) -> List[int]:
+    """The mAP@k depths to report: ``evaluation.topk`` if set, else those of DEFAULT_MAP_DEPTHS below N."""
+    if topk is not None:
+        if topk < 1:
+            raise ConfigError(f"evaluation.topk={topk} must be a positive depth or null (mAP@all)")
+        return [topk] if topk < num_database else []
+    return [k for k in DEFAULT_MAP_DEPTHS if k < num_database]
+
+
+def retrieval_metrics(
+    query_codes: np.ndarray, db_codes: np.ndarray, query_labels, db_labels, topk: Optional[int]
+) -> Dict[str, Any]:
+    """The metrics of metrics.json for binary codes ({-1,+1}).
+
+    Returns:
+        ``mAP@all``, ``mAP_tie_aware@all``, ``mAP@k`` and ``mAP_tie_aware@k`` for each depth of
+        ``map_depths``, ``P@k`` for k in PRECISION_KS up to N, ``precision_radius2``.
+    """
+    args = (query_codes, db_codes, query_labels, db_labels)
+    num_db = db_codes.shape[0]
+    metrics: Dict[str, Any] = {
+        "mAP@all": mean_average_precision(*args),
+        "mAP_tie_aware@all": tie_aware_mean_average_precision(*args),
+    }
+    for k in map_depths(topk, num_db):
+        metrics[f"mAP@{k}"] = mean_average_precision(*args, topk=k)
+        metrics[f"mAP_tie_aware@{k}"] = tie_aware_mean_average_precision(*args, topk=k)
+    ks = [k for k in PRECISION_KS if k <= num_db]
+    for k, value in zip(ks, precision_at_k(*args, k=ks)):
+        metrics[f"P@{k}"] = float(value)
+    metrics[f"precision_radius{HAMMING_RADIUS}"] = precision_within_radius(*args, radius=HAMMING_RADIUS)
+    return metrics
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str):
+    """A temporary path beside ``path`` (same extension) that replaces ``path`` when the block succeeds."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp_path = os.path.join(directory, f".tmp.{os.getpid()}.{name}")
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def save_codes(path: str, db_codes, query_codes, db, queries, fingerprint: str, weights: str) -> str:
+    """Write codes.npz: packed codes, labels, relative files of both sets, class names, bits, fingerprint."""
+    bits = db_codes.shape[1]
+    arrays = {
+        "db_codes": _pack(db_codes),
+        "query_codes": _pack(query_codes),
+        "db_labels": np.asarray(db.targets, dtype=np.int64),
+        "query_labels": np.asarray(queries.targets, dtype=np.int64),
+        "db_files": np.asarray(relative_files(db), dtype=str),
+        "query_files": np.asarray(relative_files(queries), dtype=str),
+        "class_names": np.asarray(db.classes, dtype=str),
+        "bits": np.asarray(bits, dtype=np.int64),
+        "weights": np.asarray(os.path.abspath(weights) if weights else "", dtype=str),
+        "fingerprint": np.asarray(fingerprint, dtype=str),
+    }
+    with _atomic_path(path) as tmp_path, open(tmp_path, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def write_faiss_index(path: str, packed_db_codes: np.ndarray, bits: int) -> Tuple[Optional[str], str]:
+    """Write a faiss IndexBinaryFlat of the packed database codes.
+
+    Returns:
+        (path or None, a note): None with the reason when faiss is not installed.
+    """
+    try:
+        import faiss
+    except ImportError:
+        note = "faiss is not installed (pip install 'sdsh[eval]'): database.faissindex was not written"
+        logger.warning(note)
+        return None, note
+    # faiss stores whole bytes; codes of K bits not a multiple of 8 are padded with zero bits.
+    index = faiss.IndexBinaryFlat(8 * packed_db_codes.shape[1])
+    index.add(np.ascontiguousarray(packed_db_codes))
+    with _atomic_path(path) as tmp_path:
+        faiss.write_index_binary(index, tmp_path)
+    padded = 8 * packed_db_codes.shape[1] - bits
+    return path, f"IndexBinaryFlat of {index.ntotal} codes, {bits} bits" + (f" + {padded} zero bits" if padded else "")
+
+
+def grid_query_indices(labels: Sequence[int], count: int = GRID_QUERIES) -> List[int]:
+    """Deterministic queries for the retrieval grid, spread over classes.
+
+    The first query of each class in class order, then the second of each, and so on.
+    """
+    labels = np.asarray(labels)
+    position = np.zeros(len(labels), dtype=np.int64)
+    seen: Dict[int, int] = {}
+    for i, label in enumerate(labels.tolist()):
+        position[i] = seen.get(label, 0)
+        seen[label] = position[i] + 1
+    order = np.lexsort((labels, position))  # by position within the class, then by class
+    return order[:count].tolist()
+
+
+def _thumbnail(path: str, resize_crop) -> np.ndarray:
+    return np.asarray(resize_crop(load_image_rgb(path)))
+
+
+def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries) -> List[str]:
+    """The PR curve, the precision@k curve and the retrieval grid; returns the files written."""
+    from dinov2.eval.plots import plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
+
+    bits = d_bits.shape[1]
+    precision, recall = precision_recall_curve(q_bits, d_bits, q_labels, d_labels)
+    written = [
+        plot_precision_recall(
+            precision, recall, os.path.join(output_dir, "pr_curve.png"), f"Hamming-radius lookup, {bits}-bit codes"
+        )
+    ]
+    ks = precision_curve_depths(d_bits.shape[0])
+    values = np.atleast_1d(precision_at_k(q_bits, d_bits, q_labels, d_labels, k=ks.tolist()))
+    written.append(
+        plot_precision_at_k(
+            ks, values, os.path.join(output_dir, "precision_at_k.png"), f"Hamming ranking, {bits}-bit codes"
+        )
+    )
+
+    # Thumbnails show what the network saw: the evaluation resize and centre crop, without normalisation.
+    eval_transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
+    resize_crop = type(eval_transform)(eval_transform.transforms[:2])
+    chosen = grid_query_indices(queries.targets)
+    k = min(GRID_TOPK, d_bits.shape[0])
+    distances, neighbours = hamming_topk(q_bits[chosen], d_bits, k=k)
+    classes = db.classes
+    q_images = [_thumbnail(queries.samples[i][0], resize_crop) for i in chosen]
+    r_images = [[_thumbnail(db.samples[j][0], resize_crop) for j in row] for row in neighbours]
+    relevant = np.asarray(d_labels)[neighbours] == np.asarray(q_labels)[chosen][:, None]
+    q_titles = [f"query: {classes[queries.targets[i]]}" for i in chosen]
+    r_titles = [
+        [f"{classes[db.targets[j]]}\nd={d}" for j, d in zip(row, drow)] for row, drow in zip(neighbours, distances)
+    ]
+    written.append(
+        plot_retrieval_grid(
+            q_images,
+            r_images,
+            relevant,
+            os.path.join(output_dir, "retrieval_grid.png"),
+            q_titles,
+            r_titles,
+            title=f"top-{k} by Hamming distance ({bits} bits); green: same class, red: other class",
+        )
+    )
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------
+# The two modes
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_evaluation(args, cfg, root: str, device: torch.device) -> Optional[Dict[str, Any]]:
+    """Encode database and queries, then (rank 0) write metrics, codes, index, manifest and plots.
+
+    Returns:
+        The metrics on rank 0, None on the other ranks.
+    """
+    start = time.perf_counter()
+    timing: Dict[str, float] = {}
+    db = make_dataset(cfg, root, "train")
+    queries = make_dataset(cfg, root, "query")
+    network, fmt = build_network(cfg, args.weights, device)
+    timing["build_s"] = time.perf_counter() - start
+
+    batch_size = args.batch_size or cfg.evaluation.batch_size
+    mark = time.perf_counter()
+    db_codes, db_labels = _encode(network, db, batch_size, cfg, device, "encoding database")
+    timing["encode_database_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    q_codes, q_labels = _encode(network, queries, batch_size, cfg, device, "encoding queries")
+    timing["encode_queries_s"] = time.perf_counter() - mark
+    if not distributed.is_main_process():
+        return None
+
+    output_dir = args.output_dir
+    d_bits, q_bits = binarize(db_codes.numpy()), binarize(q_codes.numpy())
+    d_labels, q_labels = db_labels.numpy(), q_labels.numpy()
+    mark = time.perf_counter()
+    metrics: Dict[str, Any] = retrieval_metrics(q_bits, d_bits, q_labels, d_labels, cfg.evaluation.topk)
+    timing["metrics_s"] = time.perf_counter() - mark
+
+    fingerprint = codes_fingerprint(cfg, args.weights, root)
+    codes_path = save_codes(
+        os.path.join(output_dir, "codes.npz"), d_bits, q_bits, db, queries, fingerprint, args.weights
+    )
+    index_path, index_note = write_faiss_index(
+        os.path.join(output_dir, "database.faissindex"), _pack(d_bits), d_bits.shape[1]
+    )
+    manifest = db.write_manifest(os.path.join(output_dir, "split_manifest.csv"))
+    plots: List[str] = []
+    plots_note = "disabled by --no-plots"
+    if not args.no_plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            plots_note = "matplotlib is not installed (pip install 'sdsh[eval]'): no plots were drawn"
+            logger.warning(plots_note)
+        else:
+            mark = time.perf_counter()
+            plots = draw_plots(output_dir, cfg, q_bits, d_bits, q_labels, d_labels, db, queries)
+            timing["plots_s"] = time.perf_counter() - mark
+            plots_note = f"{len(plots)} plots"
+    timing["total_s"] = time.perf_counter() - start
+
+    metrics.update(
+        {
+            "bits": int(d_bits.shape[1]),
+            "num_database": int(d_bits.shape[0]),
+            "num_queries": int(q_bits.shape[0]),
+            "num_classes": len(db.classes),
+            **weights_identity(args.weights),
+            "checkpoint_format": fmt,
+            "data_root": os.path.abspath(root),
+            "train_ratio": cfg.data.train_ratio,
+            "val_ratio": cfg.data.val_ratio,
+            "device": str(device),
+            "world_size": distributed.get_global_size(),
+            "codes": codes_path,
+            "faiss_index": index_path,
+            "faiss_index_note": index_note,
+            "split_manifest": manifest,
+            "plots": plots,
+            "plots_note": plots_note,
+            "timing": timing,
+        }
+    )
+    atomic_write_text(os.path.join(output_dir, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("mAP", "P@", "precision_")))
+    logger.info(
+        f"{metrics['bits']} bits, {metrics['num_queries']} queries, {metrics['num_database']} database: {summary}"
+    )
+    logger.info(f"results in {output_dir}")
+    return metrics
+
+
+def load_cached_codes(path: str, fingerprint: str, db_files: List[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Database codes (+-1) and labels from codes.npz when written for the same fingerprint and files."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["fingerprint"]) != fingerprint or data["db_files"].tolist() != db_files:
+                logger.info(f"{path} was written for other weights, settings or files: encoding the database")
+                return None
+            return unpack_codes(data["db_codes"], int(data["bits"])), data["db_labels"]
+    except (OSError, KeyError, ValueError) as exc:
+        logger.warning(f"cannot reuse {path} ({type(exc).__name__}: {exc}): encoding the database")
+        return None
+
+
+def run_query(args, cfg, root: str, device: torch.device, out: Optional[TextIO] = None) -> List[Dict[str, Any]]:
+    """Print the ``--topk`` nearest database images of the ``--query`` image as a table.
+
+    Args:
+        args: parsed options (query, topk, weights, output_dir, batch_size).
+        cfg: the merged configuration.
+        root: the dataset root.
+        device: where the network runs.
+        out: where the table is printed (standard output when None).
+    Returns:
+        One dict per result: rank, distance, file (path under the dataset root) and class.
+    """
+    if distributed.get_global_size() > 1:
+        raise RetrievalError("--query runs in a single process; launch it without torchrun")
+    db = make_dataset(cfg, root, "train")
+    network, _ = build_network(cfg, args.weights, device)
+    fingerprint = codes_fingerprint(cfg, args.weights, root)
+    cached = load_cached_codes(os.path.join(args.output_dir, "codes.npz"), fingerprint, relative_files(db))
+    if cached is None:
+        batch_size = args.batch_size or cfg.evaluation.batch_size
+        db_codes, db_labels = _encode(network, db, batch_size, cfg, device, "encoding database")
+        d_bits, db_labels = binarize(db_codes.numpy()), db_labels.numpy()
+    else:
+        d_bits, db_labels = cached
+        logger.info(f"reusing the database codes of {os.path.join(args.output_dir, 'codes.npz')}")
+
+    try:
+        image = db.transform(load_image_rgb(args.query))
+    except ImageLoadError as exc:
+        raise ImageLoadError(f"query image: {exc}") from None
+    with torch.no_grad():
+        code = network(image[None].to(device)).float().cpu().numpy()  # [1, K]
+    k = min(args.topk, d_bits.shape[0])
+    distances, neighbours = hamming_topk(binarize(code), d_bits, k=k)
+    rows = [
+        {
+            "rank": rank + 1,
+            "distance": int(distance),
+            "file": db.samples[index][0],
+            "class": db.classes[int(db_labels[index])],
+        }
+        for rank, (distance, index) in enumerate(zip(distances[0], neighbours[0]))
+    ]
+    out = sys.stdout if out is None else out
+    print(f"query: {args.query}  ({d_bits.shape[1]} bits, {d_bits.shape[0]} database images)", file=out)
+    width = max(len("file"), *(len(r["file"]) for r in rows))
+    print(f"{'rank':>4}  {'hamming':>7}  {'file':<{width}}  class", file=out)
+    for r in rows:
+        print(f"{r['rank']:>4}  {r['distance']:>7}  {r['file']:<{width}}  {r['class']}", file=out)
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the retrieval tool.
+
+    Args:
+        argv: command-line arguments (``sys.argv[1:]`` when None).
+    Returns:
+        The exit status: 0 on success, 2 on bad input (message on stderr, prefixed ``error:``).
+    """
+    try:
+        args = get_args_parser(add_help=True).parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed by argparse
+        return int(exit_.code or 0)
+    started_distributed = False
+    try:
+        _check_args(args)
+        if not distributed.is_enabled():
+            distributed.enable(overwrite=True)
+            started_distributed = distributed.is_enabled()
+        cfg = get_cfg_from_args(args)
+        if args.device:
+            cfg.train.device = args.device
+        output_dir = args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        setup_logging(
+            output=os.path.join(output_dir, "retrieval_log.txt"), level=logging.WARNING if args.query else logging.INFO
+        )
+        device = select_device(cfg)
+        root = resolve_data_root(cfg)
+        if args.query:
+            run_query(args, cfg, root, device)
+        else:
+            if distributed.is_main_process():
+                atomic_write_text(os.path.join(output_dir, "retrieval_config.yaml"), OmegaConf.to_yaml(cfg))
+            logger.info(
+                f"device: {device}, {distributed.get_global_size()} process(es), weights: {args.weights or 'random'}"
+            )
+            run_evaluation(args, cfg, root, device)
+            if distributed.is_enabled():
+                torch.distributed.barrier()
+    except (
+        RetrievalError,
+        ConfigError,
+        CheckpointFormatError,
+        CheckpointError,
+        ImageLoadError,
+        FileNotFoundError,
+        FileExistsError,
+    ) as error:
+        # Expected failures (bad options, config, checkpoint or data) get their message, not a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if started_distributed:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
