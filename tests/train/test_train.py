@@ -319,3 +319,15 @@ def test_two_cpu_processes_keep_identical_replicas_and_write_one_eval_line(tmp_p
         assert torch.equal(teachers[0][key], teachers[1][key]), key
     # The replicas did train: the teacher moved away from its initial weights.
     assert any(not torch.equal(teachers[0][k], initial[k]) for k in initial)
+
+
+def test_selection_on_validation_queries_also_reports_the_test_queries_once(tmp_path, tiny_arch):
+    summary = run(tmp_path, "evaluation.select_on=val", "data.val_ratio=0.5")
+    lines = read_jsonl(tmp_path / "eval" / "retrieval_metrics.jsonl")
+    selection, test = lines[:-1], lines[-1]
+    # 3 classes x 8 images: 4 in the database split, of which 2 train and 2 are validation queries.
+    assert [e["iteration"] for e in selection] == [1, 3]
+    assert all(e["select_on"] == "val" and e["num_queries"] == 6 and e["num_database"] == 6 for e in selection)
+    assert test["split"] == "query" and test["selected_on"] == "val" and test["num_queries"] == 12
+    assert test["iteration"] == summary["best_iteration"] == max(selection, key=lambda e: e["mAP"])["iteration"]
+    assert summary["test_query_mAP"] == test["mAP"]
