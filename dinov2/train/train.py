@@ -605,8 +605,13 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
             with setup_.autocast():
                 loss_dict = model.forward_backward(data, teacher_temp=teacher_temp)
         except NonFiniteLossError as exc:
+            if plain_multiprocess:
+                _agree_on_finite_losses(False)
             raise NonFiniteTrainingError(exc.term, iteration, exc.value, _last_checkpoint(checkpointer)) from exc
         if plain_multiprocess:
+            # Without this, the other ranks would wait forever in the gradient all-reduce of a rank that stopped.
+            if not _agree_on_finite_losses(True):
+                raise NonFiniteTrainingError("of another rank", iteration, float("nan"), _last_checkpoint(checkpointer))
             average_gradients(model.student.values())
         if setup_.scaler is not None:
             if clip:
@@ -653,6 +658,13 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
         "last_eval": last_eval,
         "last_checkpoint": _last_checkpoint(checkpointer),
     }
+
+
+def _agree_on_finite_losses(finite: bool) -> bool:
+    """True when every rank's losses are finite (one small all-reduce)."""
+    flag = torch.tensor([0.0 if finite else 1.0])
+    torch.distributed.all_reduce(flag)
+    return flag.item() == 0
 
 
 def _last_checkpoint(checkpointer: FSDPCheckpointer) -> str:
