@@ -11,21 +11,18 @@ or numpy arrays.
 
 Speed: Hamming distances are small integers in [0, K], which makes the stable ranking a counting
 sort. Queries are processed in chunks so memory stays bounded, and chunks run in parallel threads
-on the CPU. Two primitives pick the fastest exact kernel for the device: distances are popcounts
-of packed 64-bit words on the CPU (torch has no popcount) and +-1 matmuls elsewhere; the stable
-row sort is numpy's radix sort on the CPU (torch's CPU sort is a comparison sort, ~10x slower)
-and ``torch.sort(stable=True)`` elsewhere. Both give identical integers, so every metric is one
-implementation on top of them.
+on the CPU. The array primitives pick the fastest exact kernel for the device: on the CPU,
+distances are popcounts of packed code words (torch has no popcount) and the stable row sort is
+numpy's radix sort (torch's CPU sort is a comparison sort, several times slower); elsewhere,
+distances are +-1 matmuls and the sort is ``torch.sort(stable=True)``. Both give identical
+integers, so every metric is one implementation on top of them.
 """
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-
-logger = logging.getLogger("dinov2")
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -478,8 +475,8 @@ def _topk_chunk(ham: _Hamming, rows: slice, k: int, db_chunk: int):
     return best
 
 
-def _topk_chunks(ham: _Hamming, db_chunk: int) -> List[slice]:
-    per_chunk = min(_TOPK_MAX_QUERIES, _TOPK_BLOCK_ELEMENTS // min(db_chunk, ham.num_db))
+def _topk_chunks(ham: _Hamming, db_chunk: int, k: int) -> List[slice]:
+    per_chunk = min(_TOPK_MAX_QUERIES, _TOPK_BLOCK_ELEMENTS // (min(db_chunk, ham.num_db) + k))
     return _chunks(ham.num_queries, per_chunk)
 
 
@@ -504,7 +501,7 @@ def hamming_topk(
     _check_positive(chunk_size, "chunk_size")
     if k > ham.num_db:
         raise ValueError(f"k={k} exceeds the database size N={ham.num_db}")
-    chunks = _topk_chunks(ham, chunk_size)
+    chunks = _topk_chunks(ham, chunk_size, k)
     keys = ham.ops.numpy(ham.ops.cat(_map_chunks(lambda rows: _topk_chunk(ham, rows, k, chunk_size), chunks, ham.ops)))
     dist = keys // ham.num_db
     return dist.astype(np.int32), keys - dist * ham.num_db
@@ -530,7 +527,7 @@ def _ranked_relevance(ham: _Hamming, labels: _Labels, depth: int) -> Tuple[Calla
             keys = _topk_chunk(ham, rows, depth, _TOPK_DB_CHUNK)
             return labels.relevance(rows, keys % ham.num_db)
 
-        return by_search, _topk_chunks(ham, _TOPK_DB_CHUNK)
+        return by_search, _topk_chunks(ham, _TOPK_DB_CHUNK, depth)
 
     def by_sort(rows: slice):
         order = ham.ops.argsort_stable(ham(rows))
