@@ -221,17 +221,17 @@ def build_network(cfg, weights: str, device: torch.device) -> Tuple[torch.nn.Mod
 
 def make_dataset(cfg, root: str, split: str) -> ClassFolderDataset:
     """One split of the dataset with the evaluation transform of ``crops.global_crops_size``."""
-    crop = cfg.crops.global_crops_size
+    transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
     try:
         return ClassFolderDataset(
             root,
             split,
             cfg.data.train_ratio,
             cfg.data.val_ratio,
-            transform=make_classification_eval_transform(crop_size=crop),
+            transform=transform,
             cache=cfg.train.cache_dataset,
-            # The evaluation transform first resizes the shorter side to this size: caching at it changes nothing.
-            cache_size=round(crop * 256 / 224),
+            # The transform first resizes the shorter side to this size: caching at it changes nothing.
+            cache_size=transform.transforms[0].size,
         )
     except ValueError as exc:
         # e.g. a train_ratio that leaves a class without database or query images
@@ -549,9 +549,10 @@ def run_query(args, cfg, root: str, device: torch.device, out: Optional[TextIO] 
         batch_size = args.batch_size or cfg.evaluation.batch_size
         db_codes, db_labels = _encode(network, db, batch_size, cfg, device, "encoding database")
         d_bits, db_labels = binarize(db_codes.numpy()), db_labels.numpy()
+        source = "database encoded now"
     else:
         d_bits, db_labels = cached
-        logger.info(f"reusing the database codes of {os.path.join(args.output_dir, 'codes.npz')}")
+        source = f"database codes from {os.path.join(args.output_dir, 'codes.npz')}"
 
     try:
         image = db.transform(load_image_rgb(args.query))
@@ -571,7 +572,7 @@ def run_query(args, cfg, root: str, device: torch.device, out: Optional[TextIO] 
         for rank, (distance, index) in enumerate(zip(distances[0], neighbours[0]))
     ]
     out = sys.stdout if out is None else out
-    print(f"query: {args.query}  ({d_bits.shape[1]} bits, {d_bits.shape[0]} database images)", file=out)
+    print(f"query: {args.query}  ({d_bits.shape[1]} bits, {d_bits.shape[0]} database images, {source})", file=out)
     width = max(len("file"), *(len(r["file"]) for r in rows))
     print(f"{'rank':>4}  {'hamming':>7}  {'file':<{width}}  class", file=out)
     for r in rows:

@@ -181,6 +181,7 @@ def test_query_prints_the_query_itself_first_when_it_is_in_the_database(setting,
     code, captured = query_run(setting, capsys, query, "--topk", "3")
     assert code == 0, captured.err
     lines = captured.out.strip().splitlines()
+    assert "codes.npz" in lines[0]
     assert "rank" in lines[1] and "hamming" in lines[1]
     rows = [line.split() for line in lines[2:]]
     assert len(rows) == 3
@@ -203,6 +204,7 @@ def test_query_encodes_the_database_when_codes_npz_is_from_other_weights(setting
     network = build_hashing_network(setting["cfg"], str(other))
     d, _ = extract_codes(network, db, 5, 0, torch.device("cpu"), progress=False)
     distances = {row.split()[2]: int(row.split()[1]) for row in captured.out.strip().splitlines()[2:]}
+    assert "database encoded now" in captured.out.splitlines()[0]
     assert len(distances) == 12 and distances[query] == 0
     # distances printed are those of the other weights' database codes, not the cached ones
     q = binarize(d.numpy())[5:6]
@@ -327,3 +329,16 @@ def test_two_processes_give_the_codes_and_metrics_of_one(setting, tmp_path):
     with np.load(out / "codes.npz") as two, np.load(setting["out"] / "codes.npz") as one:
         for key in ("db_codes", "query_codes", "db_labels", "query_labels", "db_files", "query_files"):
             np.testing.assert_array_equal(two[key], one[key])
+
+
+def test_codes_of_any_length_are_packed_for_faiss_without_changing_distances(tmp_path):
+    rng = np.random.default_rng(0)
+    d, q = rng.choice([-1, 1], size=(9, 12)).astype(np.int8), rng.choice([-1, 1], size=(4, 12)).astype(np.int8)
+    packed = retrieval._pack(d)
+    assert packed.shape == (9, 2)
+    np.testing.assert_array_equal(unpack_codes(packed, 12), d)
+    path, _ = retrieval.write_faiss_index(str(tmp_path / "db.faissindex"), packed, 12)
+    distances, indices = faiss.read_index_binary(path).search(retrieval._pack(q), 9)
+    brute = (q[:, None, :] != d[None, :, :]).sum(-1)  # [4, 9] Hamming distances
+    np.testing.assert_array_equal(distances, np.take_along_axis(brute, indices, 1))
+    np.testing.assert_array_equal(np.sort(brute, 1), distances)
