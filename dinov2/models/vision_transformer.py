@@ -370,3 +370,17 @@ def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> 
         num_register_tokens=num_register_tokens,
         **kwargs,
     )
+
+
+def vit_demo(patch_size: int = 16, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    """Small ViT for the CPU demo: width 192, depth 4, 3 heads (not a published DINOv2 size)."""
+    return DinoVisionTransformer(
+        patch_size=patch_size,
+        embed_dim=192,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=4,
+        block_fn=_memeff_block(),
+        num_register_tokens=num_register_tokens,
+        **kwargs,
+    )

@@ -52,3 +52,14 @@ def test_global_crop_size_must_be_a_multiple_of_the_patch(cfg):
     cfg.crops.global_crops_size = 30
     with pytest.raises(ValueError, match="30.*7"):
         build_model_from_cfg(cfg)
+
+
+def test_demo_arch_builds_from_config_name():
+    from dinov2.models import build_model_from_cfg
+    from dinov2.utils.config import merge_config
+
+    cfg = merge_config(None, ["student.arch=vit_demo", "student.patch_size=16", "crops.global_crops_size=64"])
+    student, teacher, embed_dim = build_model_from_cfg(cfg)
+    assert embed_dim == 192 and student.n_blocks == 4
+    out = teacher.forward_features(torch.randn(2, 3, 64, 64))
+    assert out["x_norm_patchtokens"].shape == (2, 16, 192)
