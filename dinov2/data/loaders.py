@@ -3,6 +3,7 @@
 import logging
 from typing import Any, Callable, List, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -83,6 +84,10 @@ def make_data_loader(
         seed,
         sampler_advance,
     )
+    # The loader draws its workers' base seed from its own generator, not from the global one, so
+    # creating it leaves the global random stream (restored from a checkpoint on resume) untouched.
+    generator = torch.Generator()
+    generator.manual_seed(int(np.random.SeedSequence([seed, rank, sampler_advance]).generate_state(1)[0]))
     return DataLoader(
         dataset,
         sampler=sampler,
@@ -92,6 +97,7 @@ def make_data_loader(
         drop_last=drop_last,
         persistent_workers=persistent_workers and num_workers > 0,
         collate_fn=collate_fn,
+        generator=generator,
     )
 
 

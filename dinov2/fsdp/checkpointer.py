@@ -10,6 +10,12 @@
 fvcore's ``Checkpointer`` writes checkpoints and the ``last_checkpoint`` tag in place and loads a
 model with ``strict=False``, logging mismatches; here writes are atomic (temporary file, fsync,
 ``os.replace``) and a checkpoint that does not fit the model is an error naming the file and keys.
+
+Every file is read with ``torch.load(weights_only=True)``, so a checkpoint cannot run code when it
+is loaded. FSDP's local state dict holds ``ShardedTensor`` objects, which only a full unpickler can
+rebuild; their local shard tensors are saved instead and copied back into the model's own
+``ShardedTensor`` objects on load. Each checkpoint also holds every rank's random generator states
+(``rng_state``), restored when a run resumes, so a resumed run continues the same random stream.
 """
 
 import contextlib
@@ -29,6 +35,7 @@ from dinov2.utils.checkpoint import (
     load_torch_file,
     state_dict_mismatches,
 )
+from dinov2.utils.rng_state import gather_rng_states, restore_rank_rng_state
 
 from . import is_fsdp
 
@@ -42,6 +49,18 @@ def has_fsdp_modules(model: nn.Module) -> bool:
 
 def rankstr() -> str:
     return f"rank_{distributed.get_global_rank()}"
+
+
+def _local_tensor(value: Any) -> Any:
+    """The local shard of a ``ShardedTensor`` (FSDP's local state dict holds one per rank); other values as they are."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    if not isinstance(value, ShardedTensor):
+        return value
+    shards = value.local_shards()
+    if len(shards) != 1:
+        raise CheckpointError(f"expected one local shard per rank in the FSDP state dict, found {len(shards)}")
+    return shards[0].tensor
 
 
 def _local_state_dict_context(model: nn.Module):
@@ -103,7 +122,10 @@ class FSDPCheckpointer(Checkpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         with self._state_context():
-            data = {"model": self.model.state_dict()}
+            state = self.model.state_dict()
+            data = {"model": {k: _local_tensor(v) for k, v in state.items()} if self.sharded else state}
+        # Collective: every rank's generators are saved, whichever rank writes the file.
+        data["rng_state"] = gather_rng_states()
         if not self.writes_files():
             return
         for key, obj in self.checkpointables.items():
@@ -132,8 +154,7 @@ class FSDPCheckpointer(Checkpointer):
         return path
 
     def _load_file(self, f: str) -> Dict[str, Any]:
-        # Local FSDP shards hold ShardedTensors, which weights_only refuses; they are this run's own files.
-        return load_torch_file(f, weights_only=not self.sharded)
+        return load_torch_file(f)
 
     def _load_model(self, checkpoint: Any):
         path = getattr(self, "_loading", "checkpoint")
@@ -141,15 +162,38 @@ class FSDPCheckpointer(Checkpointer):
             keys = ", ".join(list(checkpoint)[:8])
             raise CheckpointError(f"{path} is not a training checkpoint of this project: no 'model' entry (keys: {keys})")
         with self._state_context():
-            expected = self.model.state_dict()
-            problems = state_dict_mismatches(expected, checkpoint["model"])
+            current = self.model.state_dict()
+            expected = {k: _local_tensor(v) for k, v in current.items()} if self.sharded else current
+            saved = checkpoint.pop("model")
+            problems = state_dict_mismatches(expected, saved)
             if problems:
                 raise CheckpointError(
                     f"{path} does not fit the configured model (a checkpoint from another config?): "
                     + "; ".join(problems[:6])
                 )
-            self.model.load_state_dict(checkpoint.pop("model"), strict=True)
+            if self.sharded:
+                # Copy the saved shards into this rank's ShardedTensors, which carry the sharding metadata.
+                with torch.no_grad():
+                    for key, value in current.items():
+                        if expected[key] is not value:
+                            expected[key].copy_(saved[key])
+                            saved[key] = value
+            self.model.load_state_dict(saved, strict=True)
         return None
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Resume from the tagged checkpoint (model, checkpointables and random states) or load ``path``.
+
+        Returns:
+            The checkpoint's remaining entries (``iteration`` and the ``save`` keyword arguments).
+        """
+        resuming = resume and self.has_checkpoint()
+        source = self.get_checkpoint_file() if resuming else path
+        state = super().resume_or_load(path, resume=resume)
+        rng_states = state.pop("rng_state", None)
+        if resuming and rng_states is not None:
+            restore_rank_rng_state(rng_states, source)
+        return state
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """Load ``path`` into the model and the chosen checkpointables; return the remaining entries.

@@ -109,6 +109,18 @@ class CenteredTeacherLoss(nn.Module):
         self._pending_sum = None
         self._pending_handle = None
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # A checkpoint taken between an update's start and its application must hold the updated
+        # centre, or a resumed run would drop that batch from the EMA and diverge from an uninterrupted one.
+        self.apply_center_update()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The loaded centre already includes every update of the run that saved it.
+        self._pending_sum = None
+        self._pending_handle = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def softmax_center_teacher(self, teacher_output: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Centred, sharpened teacher probabilities, after applying the pending centre update.

@@ -54,7 +54,7 @@ from dinov2.logging import MetricLogger, SmoothedValue, setup_logging
 from dinov2.models.checkpoint_formats import CheckpointFormatError
 from dinov2.models.hashing_network import HashingNetwork, build_hashing_network
 from dinov2.train.ssl_meta_arch import NonFiniteLossError, SSLMetaArch
-from dinov2.utils.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
+from dinov2.utils.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, drop_records_from
 from dinov2.utils.config import ConfigError, get_cfg_from_args, setup
 from dinov2.utils.utils import CosineScheduler
 
@@ -462,8 +462,12 @@ class RetrievalEvaluator:
     def record(self, metrics: Dict[str, Any], iteration: int, **extra: Any) -> Dict[str, Any]:
         """Append ``{"iteration", "mAP", ...metrics, "select_on", ...extra}`` to the metrics file (rank 0)."""
         line = {"iteration": iteration, "mAP": metrics["mAP"], **metrics, "select_on": self.select_on, **extra}
+        # One whole line per append, flushed and synced: a kill leaves complete lines (a cut-off last
+        # line is dropped on resume by drop_records_from).
         with open(self.metrics_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         return line
 
 
@@ -570,6 +574,10 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
     best = {"mAP": float(state.get("best_mAP", -1.0)), "iteration": int(state.get("best_iteration", -1))}
     if start_iter > 0:
         logger.info(f"resumed at iteration {start_iter}; best mAP so far {best['mAP']:.4f} (iteration {best['iteration']})")
+        if distributed.is_main_process():
+            # Records past the checkpoint belong to an interrupted run; this run writes them again.
+            drop_records_from(os.path.join(output_dir, "training_metrics.json"), start_iter)
+            drop_records_from(os.path.join(output_dir, "eval", "retrieval_metrics.jsonl"), start_iter)
     periodic_checkpointer = AtomicPeriodicCheckpointer(
         checkpointer, period=cfg.train.saveckp_freq * epoch_length, max_iter=max_iter, max_to_keep=3
     )

@@ -5,6 +5,7 @@ Every writer goes through a temporary file in the destination's directory, ``fsy
 previous file as it was.
 """
 
+import json
 import os
 from typing import Any, Callable, Dict, List
 
@@ -60,13 +61,14 @@ def atomic_write_text(path: str, text: str) -> str:
     return _atomic_write(path, lambda f: f.write(text.encode("utf-8")), "wb")
 
 
-def load_torch_file(path: str, weights_only: bool = True) -> Dict[str, Any]:
-    """``torch.load`` of a checkpoint dict on the CPU, with errors that name the file.
+def load_torch_file(path: str) -> Dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a checkpoint dict on the CPU, with errors that name the file.
+
+    ``weights_only`` refuses any pickled object other than tensors and plain containers, so a
+    tampered or foreign file fails here instead of running code.
 
     Args:
         path: checkpoint file.
-        weights_only: refuse arbitrary pickled objects (the default); False only for files this
-            project wrote itself whose tensors are not plain (FSDP local shards).
     Returns:
         The loaded dict.
     Raises:
@@ -75,12 +77,12 @@ def load_torch_file(path: str, weights_only: bool = True) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(exc).__name__}: {first_line}); the file is truncated, "
-            "corrupt or not a torch checkpoint. Move it away (or pass --no-resume with another --output-dir) "
+            "corrupt, not a torch checkpoint or holds objects other than tensors. Move it away (or pass --no-resume with another --output-dir) "
             "rather than training over it"
         ) from exc
     if not isinstance(checkpoint, dict):
@@ -110,3 +112,40 @@ def state_dict_mismatches(expected: Dict[str, torch.Tensor], found: Dict[str, An
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and tuple(a.shape) != tuple(b.shape):
             problems.append(f"{key}: checkpoint {tuple(b.shape)} vs model {tuple(a.shape)}")
     return problems
+
+
+def drop_records_from(path: str, iteration: int) -> int:
+    """Remove the training records of ``iteration`` and later from a JSON-lines file, atomically.
+
+    A run resumed from the checkpoint of iteration ``iteration - 1`` writes these records again;
+    without this, an interrupted run's records past its last checkpoint would appear twice. A
+    final line cut short by a kill is dropped too. Records marked ``eval_only`` are kept: they
+    describe a given checkpoint, not this run's progress.
+
+    Args:
+        path: the JSON-lines file (nothing happens when it does not exist).
+        iteration: first iteration whose records are removed.
+    Returns:
+        The number of lines removed.
+    """
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = []
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines) - 1:
+                continue
+            raise CheckpointError(f"{path}, line {number + 1}: not a JSON record ({line[:80]!r})") from None
+        if isinstance(record, dict) and not record.get("eval_only") and record.get("iteration", -1) >= iteration:
+            continue
+        kept.append(line)
+    removed = len([line for line in lines if line.strip()]) - len(kept)
+    if removed:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return removed
