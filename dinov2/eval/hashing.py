@@ -358,6 +358,7 @@ class _Labels:
             raise ValueError(
                 f"query_labels and db_labels must be of the same kind: got shapes {tuple(ql.shape)} and {tuple(dl.shape)}"
             )
+        self.ops = ham.ops
         self.multi_hot = ql.ndim == 2
         if self.multi_hot:
             if ql.shape[1] != dl.shape[1]:
@@ -384,9 +385,15 @@ class _Labels:
             if self.multi_hot:
                 return (q @ self.db.T) > 0
             return q[:, None] == self.db[None, :]
-        if self.multi_hot:
-            return (self.db[db_index] * q[:, None, :]).sum(-1) > 0
-        return self.db[db_index] == q[:, None]
+        if not self.multi_hot:
+            return self.db[db_index] == q[:, None]
+        if 2 * db_index.shape[1] >= self.db.shape[0]:  # most of the database: one product, then pick
+            return self.ops.take_along((q @ self.db.T) > 0, db_index)
+        # gathered label rows [rows, k, C], a few query rows at a time to bound memory
+        step = max(1, _BLOCK_ELEMENTS // (db_index.shape[1] * self.db.shape[1]))
+        return self.ops.cat(
+            [(self.db[db_index[i : i + step]] * q[i : i + step, None, :]).sum(-1) > 0 for i in range(0, len(q), step)]
+        )
 
 
 def _prepare(query_codes, db_codes, query_labels, db_labels) -> Tuple[_Hamming, _Labels]:
