@@ -24,6 +24,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from dinov2.eval import hashing_kernels
+
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
 __all__ = [
@@ -48,6 +50,8 @@ _TOPK_BLOCK_ELEMENTS = 1 << 20
 _TOPK_MAX_QUERIES = 64
 # mAP@k and precision@k search the top k instead of ranking everything when k <= N / this.
 _TOPK_SEARCH_RATIO = 8
+# mAP of CPU data uses the fused sort-free kernel of hashing_kernels when numba is installed.
+_USE_FUSED_KERNEL = True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -553,6 +557,28 @@ def _average_precision(ops, rows, positions, num_rows: int):
     return ops.where(counts > 0, sums / ops.f64(counts + (counts == 0)), 0.0)
 
 
+def _words64(words: np.ndarray) -> np.ndarray:
+    """Packed words of any unsigned width [N, W] -> uint64 words [N, W'] (zero padding)."""
+    if words.dtype == np.uint64:
+        return np.ascontiguousarray(words)
+    raw = np.ascontiguousarray(words).view(np.uint8)
+    padded = np.zeros((raw.shape[0], -(-raw.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, : raw.shape[1]] = raw
+    return padded.view(np.uint64)
+
+
+def _fused_average_precisions(ham: _Hamming, labels: _Labels, depth: int) -> np.ndarray:
+    """AP@depth per query with the fused kernel (CPU, numba): no sort, no [Q, N] matrix."""
+    if labels.multi_hot:
+        q_labels, d_labels = (_words64(np.packbits(x > 0, axis=1, bitorder="little")) for x in (labels.query, labels.db))
+    else:
+        q_labels, d_labels = (x.astype(np.int64).reshape(-1, 1) for x in (labels.query, labels.db))
+    hashing_kernels.numba.set_num_threads(max(1, min(torch.get_num_threads(), hashing_kernels.numba.config.NUMBA_NUM_THREADS)))
+    return hashing_kernels.average_precisions(
+        _words64(ham.q_words), _words64(ham.d_words), q_labels, d_labels, labels.multi_hot, ham.num_bits, depth
+    )
+
+
 def mean_average_precision(
     query_codes: ArrayLike,
     db_codes: ArrayLike,
@@ -577,7 +603,10 @@ def mean_average_precision(
         mAP as a Python float.
     """
     ham, labels = _prepare(query_codes, db_codes, query_labels, db_labels)
-    ranked, chunks = _ranked_relevance(ham, labels, _check_depth(topk, ham.num_db))
+    depth = _check_depth(topk, ham.num_db)
+    if ham.ops is _NUMPY_OPS and _USE_FUSED_KERNEL and hashing_kernels.available():
+        return float(_fused_average_precisions(ham, labels, depth).mean())
+    ranked, chunks = _ranked_relevance(ham, labels, depth)
     ops = ham.ops
 
     def chunk_ap(rows: slice):

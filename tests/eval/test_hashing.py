@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinov2.eval import hashing
+from dinov2.eval import hashing, hashing_kernels
 from dinov2.eval.hashing import (
     binarize,
     hamming_distance,
@@ -130,6 +130,8 @@ CASES = [
     (3, 25, 200, 16, 5, False),
     (4, 20, 150, 6, 4, True),
     (5, 20, 180, 16, 6, True),
+    (6, 15, 120, 130, 5, False),  # several code words
+    (7, 15, 120, 12, 70, True),  # several label words
 ]
 
 
@@ -139,7 +141,11 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("topk", [None, 1, 7, 20, 100, "N", "N+5"])
-def test_map_matches_naive(case, topk):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "sort"])
+def test_map_matches_naive(case, topk, fused, monkeypatch):
+    if fused and not hashing_kernels.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(hashing, "_USE_FUSED_KERNEL", fused)
     q, db, ql, dl = random_case(*case)
     depth = {"N": len(db), "N+5": len(db) + 5}.get(topk, topk)
     expected = naive_map(q, db, ql, dl, depth)
@@ -150,6 +156,7 @@ def test_map_search_path_with_small_database_blocks(monkeypatch):
     # mAP@k for k << N goes through the chunked top-k search; tiny blocks make it merge many times
     q, db, ql, dl = random_case(7, 30, 400, 5, 4)
     monkeypatch.setattr(hashing, "_TOPK_DB_CHUNK", 23)
+    monkeypatch.setattr(hashing, "_USE_FUSED_KERNEL", False)
     for topk in (1, 10, 50):
         assert abs(mean_average_precision(q, db, ql, dl, topk=topk) - naive_map(q, db, ql, dl, topk)) < TOL
         assert abs(precision_at_k(q, db, ql, dl, k=topk) - naive_precision_at_k(q, db, ql, dl, topk)) < TOL
