@@ -63,6 +63,24 @@ def _local_tensor(value: Any) -> Any:
     return shards[0].tensor
 
 
+def _refuse_non_finite(state: Dict[str, Any], name: str) -> None:
+    """Raise CheckpointError (on every rank) when a floating-point tensor of ``state`` holds NaN or inf.
+
+    Saving such weights would replace the last good checkpoint with one that cannot be trained on.
+    """
+    bad = next((k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()), None)
+    # On the tensors' device, which the process group's backend can reduce (CUDA for NCCL).
+    device = next((v.device for v in state.values() if torch.is_tensor(v)), torch.device("cpu"))
+    flag = torch.tensor([0.0 if bad is None else 1.0], device=device)
+    if distributed.is_enabled():
+        torch.distributed.all_reduce(flag)
+    if flag.item() > 0:
+        where = f"'{bad}'" if bad is not None else "another rank's shard"
+        raise CheckpointError(
+            f"refusing to save checkpoint '{name}': {where} holds NaN or inf values; the last checkpoint is kept"
+        )
+
+
 def _local_state_dict_context(model: nn.Module):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp import StateDictType
@@ -124,6 +142,7 @@ class FSDPCheckpointer(Checkpointer):
         with self._state_context():
             state = self.model.state_dict()
             data = {"model": {k: _local_tensor(v) for k, v in state.items()} if self.sharded else state}
+        _refuse_non_finite(data["model"], name)
         # Collective: every rank's generators are saved, whichever rank writes the file.
         data["rng_state"] = gather_rng_states()
         if not self.writes_files():

@@ -82,17 +82,17 @@ Every key=value option must name a key of dinov2/configs/ssl_default_config.yaml
 
 
 class NonFiniteTrainingError(RuntimeError):
-    """Training stopped because a loss term became NaN or infinite; nothing of this state was saved.
+    """Training stopped because a loss term (or a gradient) became NaN or infinite; nothing of this state was saved.
 
     Attributes:
-        term: the loss term.
+        term: the loss term, or ``gradient of student.<module>``.
         iteration: the iteration at which it happened.
     """
 
     def __init__(self, term: str, iteration: int, value: float, last_checkpoint: str):
         kept = f"the last checkpoint {last_checkpoint} is unchanged" if last_checkpoint else "no checkpoint was written"
         super().__init__(
-            f"loss term '{term}' is not finite ({value}) at iteration {iteration}; training stopped without "
+            f"{term if term.startswith('gradient') else f'loss term {term!r}'} is not finite ({value}) at iteration {iteration}; training stopped without "
             f"saving this state ({kept}). Lower optim.base_lr or optim.clip_grad, or check the data"
         )
         self.term = term
@@ -361,13 +361,19 @@ def average_gradients(modules) -> None:
             p.grad = value.clone()
 
 
-def clip_gradients(model: SSLMetaArch, max_norm: float) -> None:
-    """Clip the gradient norm of each student sub-module to ``max_norm`` (FSDP units clip themselves)."""
-    for module in model.student.values():
+def clip_gradients(model: SSLMetaArch, max_norm: float) -> Dict[str, float]:
+    """Clip the gradient norm of each student sub-module to ``max_norm`` (FSDP units clip themselves).
+
+    Returns:
+        Each sub-module's gradient norm before clipping.
+    """
+    norms = {}
+    for name, module in model.student.items():
         if is_fsdp(module):
-            module.clip_grad_norm_(max_norm)
+            norms[name] = float(module.clip_grad_norm_(max_norm))
         else:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+            norms[name] = float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm))
+    return norms
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -629,7 +635,12 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
             setup_.scaler.update()
         else:
             if clip:
-                clip_gradients(model, clip)
+                for name, norm in clip_gradients(model, clip).items():
+                    # Without a grad scaler (which skips such steps itself), stepping would spread NaNs into the weights.
+                    if not math.isfinite(norm):
+                        raise NonFiniteTrainingError(
+                            f"gradient of student.{name}", iteration, norm, _last_checkpoint(checkpointer)
+                        )
             optimizer.step()
         model.update_teacher(momentum)
 
