@@ -114,6 +114,9 @@ class MetricLogger:
             return
         record = {"iteration": iteration, "iter_time": iter_time, "data_time": data_time}
         record.update({name: meter.median for name, meter in self.meters.items()})
+        # One whole line per append, flushed to the OS when the file closes: a killed process leaves
+        # complete lines. Not fsynced (once per logged iteration would cost too much); a line cut off
+        # by a power loss is dropped when the run resumes (dinov2.utils.checkpoint.drop_records_from).
         with open(self.output_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
