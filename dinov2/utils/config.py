@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from dinov2.configs import dinov2_default_config
+from dinov2.utils.checkpoint import atomic_write_text
 
 logger = logging.getLogger("dinov2")
 
@@ -297,15 +298,8 @@ def apply_scaling_rules_to_cfg(cfg: DictConfig, world_size: int = 1) -> DictConf
 
 
 def write_config(cfg: DictConfig, output_dir: str, name: str = "config.yaml") -> str:
-    """Write ``cfg`` to ``<output_dir>/<name>`` atomically and return the path."""
-    saved_cfg_path = os.path.join(output_dir, name)
-    tmp_path = saved_cfg_path + ".tmp"
-    with open(tmp_path, "w") as f:
-        OmegaConf.save(config=cfg, f=f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, saved_cfg_path)
-    return saved_cfg_path
+    """Write ``cfg`` to ``<output_dir>/<name>`` atomically (temporary file, fsync, rename) and return the path."""
+    return atomic_write_text(os.path.join(output_dir, name), OmegaConf.to_yaml(cfg))
 
 
 def fix_random_seeds(seed: int = 31) -> None:
