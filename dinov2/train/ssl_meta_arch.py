@@ -12,6 +12,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
+from dinov2 import distributed
 from dinov2.fsdp import free_if_fsdp, get_fsdp_modules, get_fsdp_wrapper, is_fsdp
 from dinov2.layers import DINOHead
 from dinov2.loss import DINOLoss, HashQuantizationLoss, KoLeoLoss, iBOTPatchLoss
@@ -253,11 +254,26 @@ class SSLMetaArch(nn.Module):
         total = sum(loss_terms)
         loss_dict["total_loss"] = total
 
-        for name, value in loss_dict.items():
-            if not torch.isfinite(value.detach()).all():
-                raise NonFiniteLossError(name, float(value.detach().float().mean()))
+        self._check_finite(loss_dict)
         self.backprop_loss(total)
         return {k: v.detach() for k, v in loss_dict.items()}
+
+    @staticmethod
+    def _check_finite(loss_dict: Dict[str, torch.Tensor]) -> None:
+        """Raise NonFiniteLossError before any backward pass if a loss term is NaN/inf on any rank.
+
+        With several processes the ranks agree first (one all-reduce of a flag): a rank that
+        stopped alone would leave the others waiting forever in the backward collectives.
+        """
+        bad = next(((k, v) for k, v in loss_dict.items() if not torch.isfinite(v.detach()).all()), None)
+        if distributed.is_enabled():
+            device = loss_dict["total_loss"].device
+            flag = torch.tensor([0.0 if bad is None else 1.0], device=device)
+            torch.distributed.all_reduce(flag)
+            if bad is None and flag.item() > 0:
+                raise NonFiniteLossError("(a loss term of another rank)", float("nan"))
+        if bad is not None:
+            raise NonFiniteLossError(bad[0], float(bad[1].detach().float().mean()))
 
     @torch.no_grad()
     def update_teacher(self, m: float) -> None:
