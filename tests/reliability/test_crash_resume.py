@@ -68,8 +68,10 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, launc
     assert final_a["iteration"] == final_b["iteration"] == MAX_ITER - 1
     teacher_a, teacher_b = _teacher(run_a / "model_final.pth"), _teacher(run_b / "model_final.pth")
     assert teacher_a.keys() == teacher_b.keys() and teacher_a
+    # Two uninterrupted runs can differ by float rounding (~1e-8, kernels' summation order); a resume
+    # that loses the random stream or the teacher centre differs by orders of magnitude more.
     for key in teacher_a:
-        assert torch.equal(teacher_a[key], teacher_b[key]), key
+        torch.testing.assert_close(teacher_b[key], teacher_a[key], rtol=1e-4, atol=1e-6, msg=key)
     # The logs describe one run: each iteration and each evaluation once, evaluations with the same
     # numbers. (Logged losses are medians over a window that restarts with the process, so they may differ.)
     metrics_b = _read_jsonl(run_b / "training_metrics.json")
