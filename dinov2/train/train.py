@@ -162,18 +162,9 @@ def build_schedulers(cfg) -> Dict[str, CosineScheduler]:
         over ``warmup_teacher_temp_epochs``, then constant) and ``last_layer_lr`` (``lr`` but 0 for
         ``freeze_last_layer_epochs``).
     """
+    # Ranges (epochs > 0, warm-up and freeze within the epochs) are checked by validate_config.
     epoch_length = cfg.train.OFFICIAL_EPOCH_LENGTH
     total = cfg.optim.epochs * epoch_length
-    if total <= 0:
-        raise ConfigError(f"optim.epochs * train.OFFICIAL_EPOCH_LENGTH = {total} must be > 0")
-    for key, value in (
-        ("optim.warmup_epochs", cfg.optim.warmup_epochs),
-        ("optim.freeze_last_layer_epochs", cfg.optim.freeze_last_layer_epochs),
-    ):
-        if not 0 <= value <= cfg.optim.epochs:
-            raise ConfigError(f"{key}={value} must be between 0 and optim.epochs={cfg.optim.epochs}")
-    if cfg.teacher.warmup_teacher_temp_epochs < 0:
-        raise ConfigError(f"teacher.warmup_teacher_temp_epochs={cfg.teacher.warmup_teacher_temp_epochs} must be >= 0")
     lr = dict(
         base_value=cfg.optim.lr,
         final_value=cfg.optim.min_lr,
@@ -616,16 +607,12 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
 
         optimizer.zero_grad(set_to_none=True)
         try:
+            # Every rank raises together: forward_backward agrees on finite losses before backward.
             with setup_.autocast():
                 loss_dict = model.forward_backward(data, teacher_temp=teacher_temp)
         except NonFiniteLossError as exc:
-            if plain_multiprocess:
-                _agree_on_finite_losses(False)
             raise NonFiniteTrainingError(exc.term, iteration, exc.value, _last_checkpoint(checkpointer)) from exc
         if plain_multiprocess:
-            # Without this, the other ranks would wait forever in the gradient all-reduce of a rank that stopped.
-            if not _agree_on_finite_losses(True):
-                raise NonFiniteTrainingError("of another rank", iteration, float("nan"), _last_checkpoint(checkpointer))
             average_gradients(model.student.values())
         if setup_.scaler is not None:
             if clip:
@@ -677,13 +664,6 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
         "last_eval": last_eval,
         "last_checkpoint": _last_checkpoint(checkpointer),
     }
-
-
-def _agree_on_finite_losses(finite: bool) -> bool:
-    """True when every rank's losses are finite (one small all-reduce)."""
-    flag = torch.tensor([0.0 if finite else 1.0])
-    torch.distributed.all_reduce(flag)
-    return flag.item() == 0
 
 
 def _last_checkpoint(checkpointer: FSDPCheckpointer) -> str:
