@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dinov2.utils.checkpoint import atomic_path
+
 # Frame colours of retrieved thumbnails: sharing the query's label or not.
 RELEVANT_COLOR = "#1a9850"
 IRRELEVANT_COLOR = "#d73027"
@@ -29,18 +31,9 @@ def _new_figure(width: float, height: float):
 
 
 def _save(figure, path: str) -> str:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # The temporary name keeps the extension, from which matplotlib would otherwise infer the format.
-    tmp_path = os.path.join(directory, f".tmp.{os.getpid()}.{os.path.basename(path)}")
-    try:
+    with atomic_path(path) as tmp_path:
         figure.savefig(tmp_path, format="png", dpi=_DPI)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    return path
+    return os.fspath(path)
 
 
 def _check_curve(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:

@@ -24,7 +24,6 @@ Several processes (torchrun or SLURM) share the encoding; every image is encoded
 """
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ from dinov2.logging import setup_logging
 from dinov2.models import build_hashing_network
 from dinov2.models.checkpoint_formats import CheckpointFormatError, detect_format, load_checkpoint_file
 from dinov2.train.train import resolve_data_root, select_device
-from dinov2.utils.checkpoint import CheckpointError, atomic_write_text
+from dinov2.utils.checkpoint import CheckpointError, atomic_path, atomic_write_text
 from dinov2.utils.config import ConfigError, fix_random_seeds, get_cfg_from_args
 
 logger = logging.getLogger("dinov2")
@@ -301,17 +300,6 @@ def retrieval_metrics(
     return metrics
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str):
-    """A temporary path beside ``path`` (same extension) that replaces ``path`` when the block succeeds."""
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp_path = os.path.join(directory, f".tmp.{os.getpid()}.{name}")
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
 
 
 def save_codes(path: str, db_codes, query_codes, db, queries, fingerprint: str, weights: str) -> str:
@@ -329,7 +317,7 @@ def save_codes(path: str, db_codes, query_codes, db, queries, fingerprint: str, 
         "weights": np.asarray(os.path.abspath(weights) if weights else "", dtype=str),
         "fingerprint": np.asarray(fingerprint, dtype=str),
     }
-    with _atomic_path(path) as tmp_path, open(tmp_path, "wb") as f:
+    with atomic_path(path) as tmp_path, open(tmp_path, "wb") as f:
         np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
@@ -351,7 +339,7 @@ def write_faiss_index(path: str, packed_db_codes: np.ndarray, bits: int) -> Tupl
     # faiss stores whole bytes; codes of K bits not a multiple of 8 are padded with zero bits.
     index = faiss.IndexBinaryFlat(8 * packed_db_codes.shape[1])
     index.add(np.ascontiguousarray(packed_db_codes))
-    with _atomic_path(path) as tmp_path:
+    with atomic_path(path) as tmp_path:
         faiss.write_index_binary(index, tmp_path)
     padded = 8 * packed_db_codes.shape[1] - bits
     return path, f"IndexBinaryFlat of {index.ntotal} codes, {bits} bits" + (f" + {padded} zero bits" if padded else "")

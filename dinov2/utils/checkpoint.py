@@ -5,9 +5,10 @@ Every writer goes through a temporary file in the destination's directory, ``fsy
 previous file as it was.
 """
 
+import contextlib
 import json
 import os
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 
@@ -16,32 +17,52 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to the model being trained."""
 
 
-def _atomic_write(path: str, write: Callable[[Any], None], mode: str) -> str:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+def _fsync_path(path: str, flags: int) -> None:
     try:
-        with open(tmp_path, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync directories
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path beside ``path`` that replaces ``path`` when the ``with`` block succeeds.
+
+    The temporary name keeps the extension (writers such as matplotlib infer the format from it).
+    After the block the file is fsynced, renamed over ``path`` and the directory is fsynced; on an
+    exception the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: destination file.
+    Yields:
+        The temporary path to write.
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp_path = os.path.join(directory, f".tmp.{os.getpid()}.{name}")
+    try:
+        yield tmp_path
+        _fsync_path(tmp_path, os.O_RDONLY)
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
     # Make the rename itself durable.
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
+    _fsync_path(directory, os.O_RDONLY)
+
+
+def _atomic_write(path: str, write: Callable[[Any], None], mode: str) -> str:
+    with atomic_path(path) as tmp_path:
+        with open(tmp_path, mode) as f:
+            write(f)
+    return os.fspath(path)
 
 
 def atomic_torch_save(obj: Any, path: str) -> str:

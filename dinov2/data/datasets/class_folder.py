@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dinov2 import distributed
+from dinov2.utils.checkpoint import atomic_write_text
 
 from .decoders import PathLike, load_image_rgb
 
@@ -223,18 +224,7 @@ class ClassFolderDataset(Dataset):
         writer.writerow(["file", "label", "class", "split"])
         for entry in self._entries:
             writer.writerow([entry.file, entry.label, entry.class_name, entry.split])
-        path = os.fspath(path)
-        temporary = f"{path}.tmp.{os.getpid()}"
-        try:
-            with open(temporary, "w", encoding="utf-8", newline="") as handle:
-                handle.write(buffer.getvalue())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        return path
+        return atomic_write_text(path, buffer.getvalue())
 
     def get_image(self, index: int) -> Image.Image:
         """The RGB PIL image of sample ``index``, from the cache when there is one."""
