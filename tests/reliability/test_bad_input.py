@@ -8,7 +8,6 @@ another architecture (tests/utils/test_utils.py); codes of mismatched length
 (tests/eval/test_hashing.py). Here: the same failures seen from ``train.py``, and a fuzz test.
 """
 
-import argparse
 import io
 import os
 import random
@@ -23,7 +22,8 @@ from dinov2.data.datasets.decoders import load_image_rgb
 from dinov2.train import train as train_module
 from dinov2.utils.config import ConfigError
 
-from .conftest import PYTHON, TINY_OPTS, TRAIN_SCRIPT, subprocess_env
+from ..conftest import make_args
+from .conftest import PYTHON, TRAIN_SCRIPT, subprocess_env
 
 
 def _write_dataset(root, classes=3, per_class=6, size=32):
@@ -36,12 +36,6 @@ def _write_dataset(root, classes=3, per_class=6, size=32):
     return root
 
 
-def _args(output_dir, *opts):
-    return argparse.Namespace(
-        config_file="", output_dir=str(output_dir), no_resume=False, eval_only=False, opts=[*TINY_OPTS, *opts]
-    )
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_training_image_stops_training_naming_the_file(tmp_path, tiny_arch, workers):
     root = _write_dataset(tmp_path / "data")
@@ -49,7 +43,7 @@ def test_corrupt_training_image_stops_training_naming_the_file(tmp_path, tiny_ar
     (root / "class_1" / "img_0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     out = tmp_path / "run"
     with pytest.raises(ImageLoadError, match=r"class_1[/\\]img_0\.png"):
-        train_module.main(_args(out, f"data.root={root}", f"train.num_workers={workers}"))
+        train_module.main(make_args(out, f"data.root={root}", f"train.num_workers={workers}"))
     assert not list(out.glob("model_*.pth"))
 
 
@@ -57,7 +51,7 @@ def test_corrupt_query_image_stops_the_evaluation_naming_the_file(tmp_path, tiny
     root = _write_dataset(tmp_path / "data")
     (root / "class_2" / "img_5.png").write_bytes(b"")  # a query: only the evaluation reads it
     with pytest.raises(ImageLoadError, match=r"class_2[/\\]img_5\.png"):
-        train_module.main(_args(tmp_path / "run", f"data.root={root}"))
+        train_module.main(make_args(tmp_path / "run", f"data.root={root}"))
 
 
 def test_command_line_errors_exit_with_the_cause_named(tmp_path):
@@ -76,7 +70,7 @@ def test_empty_dataset_root_through_the_entry_point_names_it(tmp_path, tiny_arch
     empty = tmp_path / "empty_root"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="empty_root.*no class folders"):
-        train_module.main(_args(tmp_path / "run", f"data.root={empty}"))
+        train_module.main(make_args(tmp_path / "run", f"data.root={empty}"))
 
 
 def test_command_line_error_leaves_an_earlier_config_untouched(tmp_path, tiny_arch):
@@ -84,7 +78,7 @@ def test_command_line_error_leaves_an_earlier_config_untouched(tmp_path, tiny_ar
     out.mkdir()
     (out / "config.yaml").write_text("kept: true\n")
     with pytest.raises(ConfigError, match="hash.hash_bit"):
-        train_module.main(_args(out, "hash.hash_bit=-8"))
+        train_module.main(make_args(out, "hash.hash_bit=-8"))
     assert (out / "config.yaml").read_text() == "kept: true\n"
 
 

@@ -13,7 +13,7 @@ import yaml
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import ConfigError, merge_config, validate_config
 
-from .conftest import TINY_OPTS
+from ..conftest import TINY_OPTS
 
 # Keys consumed by the meta-architecture, the schedules, the data pipeline or the evaluation.
 FUZZED_KEYS = [

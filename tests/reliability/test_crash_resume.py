@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from .conftest import PYTHON, TINY_OPTS, subprocess_env
+from ..conftest import TINY_OPTS
+from .conftest import PYTHON, subprocess_env
 
 EPOCHS = 6  # x OFFICIAL_EPOCH_LENGTH 2 = 12 iterations; a checkpoint and an evaluation every 2
 MAX_ITER = EPOCHS * 2

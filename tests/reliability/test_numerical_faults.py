@@ -4,7 +4,6 @@ tests/train/test_train.py covers a NaN loss term (hash_reg_loss); here: an infin
 NaN gradient (finite loss), and weights that become NaN without any loss or gradient check seeing it.
 """
 
-import argparse
 import shutil
 
 import pytest
@@ -16,15 +15,9 @@ from dinov2.train import train as train_module
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.checkpoint import CheckpointError
 
-from .conftest import TINY_ARCH, TINY_OPTS, tiny_vit
+from ..conftest import TINY_ARCH, make_args, tiny_vit
 
 MAX_ITER = 4  # optim.epochs=2 x OFFICIAL_EPOCH_LENGTH=2; checkpoints at iterations 1 and 3
-
-
-def _args(output_dir, *opts):
-    return argparse.Namespace(
-        config_file="", output_dir=str(output_dir), no_resume=False, eval_only=False, opts=[*TINY_OPTS, *opts]
-    )
 
 
 def _snapshot(out):
@@ -46,7 +39,7 @@ def finished_run(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setattr(vits, TINY_ARCH, tiny_vit, raising=False)
     out = tmp_path_factory.mktemp("finished")
-    train_module.main(_args(out))
+    train_module.main(make_args(out))
     patch.undo()
     return out
 
@@ -68,7 +61,7 @@ def test_infinite_loss_names_the_term_and_iteration(trained, monkeypatch):
 
     monkeypatch.setattr(DINOLoss, "forward", infinite)
     with pytest.raises(train_module.NonFiniteTrainingError, match=r"dino_local_crops_loss.*inf.*iteration 4"):
-        train_module.main(_args(out, "optim.epochs=3"))
+        train_module.main(make_args(out, "optim.epochs=3"))
     _assert_unchanged(out, before)
 
 
@@ -82,7 +75,7 @@ def test_nan_gradient_with_a_finite_loss_stops_before_the_optimizer_step(trained
 
     monkeypatch.setattr(SSLMetaArch, "backprop_loss", poisoned_backward)
     with pytest.raises(train_module.NonFiniteTrainingError, match=r"gradient of student\.hash_head.*iteration 4") as info:
-        train_module.main(_args(out, "optim.epochs=3"))
+        train_module.main(make_args(out, "optim.epochs=3"))
     assert info.value.iteration == MAX_ITER
     _assert_unchanged(out, before)
 
@@ -104,5 +97,5 @@ def test_nan_weights_are_never_saved_over_the_last_checkpoint(trained, monkeypat
     monkeypatch.setattr(SSLMetaArch, "update_teacher", poisoned_update)
     # Resume at iteration 4; no evaluation before the checkpoint of iteration 5.
     with pytest.raises(CheckpointError, match=r"teacher\.dino_head\.last_layer.*NaN or inf"):
-        train_module.main(_args(out, "optim.epochs=3", "optim.clip_grad=0", "evaluation.eval_period_iterations=0"))
+        train_module.main(make_args(out, "optim.epochs=3", "optim.clip_grad=0", "evaluation.eval_period_iterations=0"))
     _assert_unchanged(out, before)

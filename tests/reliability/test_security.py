@@ -5,7 +5,6 @@ every loader with an error naming the file, and the marker must not appear. Stat
 package's source with ``ast``.
 """
 
-import argparse
 import ast
 import os
 import pathlib
@@ -23,7 +22,8 @@ from dinov2.utils.checkpoint import CheckpointError
 from dinov2.utils.config import merge_config
 from dinov2.utils.utils import load_pretrained_weights
 
-from .conftest import REPO_ROOT, TINY_OPTS, tiny_vit
+from ..conftest import TINY_OPTS, make_args, tiny_vit
+from .conftest import REPO_ROOT
 
 PACKAGE = pathlib.Path(REPO_ROOT) / "dinov2"
 
@@ -72,12 +72,6 @@ def test_build_hashing_network_refuses_code(tmp_path, tiny_arch):
     assert not marker.exists()
 
 
-def _args(output_dir, *opts):
-    return argparse.Namespace(
-        config_file="", output_dir=str(output_dir), no_resume=False, eval_only=False, opts=[*TINY_OPTS, *opts]
-    )
-
-
 @pytest.mark.parametrize("kind", ["code", "foreign"])
 def test_training_resume_refuses_code_and_foreign_checkpoints_without_overwriting(tmp_path, tiny_arch, kind):
     marker = tmp_path / "marker"
@@ -92,7 +86,7 @@ def test_training_resume_refuses_code_and_foreign_checkpoints_without_overwritin
     (out / "last_checkpoint").write_text(path.name)
     content = path.read_bytes()
     with pytest.raises(CheckpointError, match="model_0000001.pth"):
-        train_module.main(_args(out))
+        train_module.main(make_args(out))
     assert not marker.exists()
     assert path.read_bytes() == content and (out / "last_checkpoint").read_text() == path.name
     assert not list(out.glob("model_000000[2-9]*")) and not (out / "model_final.pth").exists()

@@ -4,13 +4,11 @@ Each run trains a width-32, depth-1 ViT for a few iterations in this process thr
 the two-process test spawns gloo workers.
 """
 
-import argparse
 import csv
 import json
 import math
 import os
 import socket
-from functools import partial
 
 import numpy as np
 import pytest
@@ -25,77 +23,7 @@ from dinov2.train import train as train_module
 from dinov2.utils.checkpoint import CheckpointError
 from dinov2.utils.config import ConfigError, merge_config
 
-TINY_ARCH = "vit_train_test"
-
-
-def tiny_vit(patch_size: int = 8, num_register_tokens: int = 0, **kwargs):
-    """Width 32, depth 1, 2 heads: enough to exercise every code path in well under a second per step."""
-    kwargs.pop("block_fn", None)
-    return vits.DinoVisionTransformer(
-        patch_size=patch_size,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        mlp_ratio=2,
-        block_fn=partial(vits.Block, attn_class=vits.MemEffAttention),
-        num_register_tokens=num_register_tokens,
-        **kwargs,
-    )
-
-
-# 3 classes x 8 images of 32 px, train_ratio 0.5: 12 database images, 12 queries.
-TINY_OPTS = [
-    f"student.arch={TINY_ARCH}",
-    "student.patch_size=8",
-    "student.drop_path_rate=0.0",
-    "dino.head_n_prototypes=64",
-    "dino.head_hidden_dim=32",
-    "dino.head_bottleneck_dim=16",
-    "ibot.head_n_prototypes=64",
-    "ibot.head_hidden_dim=32",
-    "ibot.head_bottleneck_dim=16",
-    "hash.hash_bit=16",
-    "hash.patch_proj_dim=16",
-    "crops.global_crops_size=32",
-    "crops.local_crops_size=16",
-    "crops.local_crops_number=2",
-    "data.root=demo",
-    "data.demo_classes=3",
-    "data.demo_images_per_class=8",
-    "data.demo_image_size=32",
-    "train.batch_size_per_gpu=4",
-    "train.num_workers=0",
-    "train.device=cpu",
-    "train.log_period=1",
-    "train.OFFICIAL_EPOCH_LENGTH=2",
-    "train.saveckp_freq=1",
-    "optim.epochs=2",
-    "optim.warmup_epochs=1",
-    "optim.freeze_last_layer_epochs=1",
-    "teacher.warmup_teacher_temp_epochs=1",
-    "evaluation.eval_period_iterations=2",
-    "evaluation.batch_size=8",
-    "evaluation.num_workers=0",
-]
-
-
-@pytest.fixture
-def tiny_arch(monkeypatch):
-    """Register the tiny ViT factory under TINY_ARCH for the duration of a test."""
-    monkeypatch.setattr(vits, TINY_ARCH, tiny_vit, raising=False)
-    return TINY_ARCH
-
-
-def make_args(output_dir, *opts, no_resume=False, eval_only=False, config_file=""):
-    """Parsed-argument namespace as ``get_args_parser`` produces it."""
-    return argparse.Namespace(
-        config_file=config_file,
-        output_dir=str(output_dir),
-        no_resume=no_resume,
-        eval_only=eval_only,
-        opts=[*TINY_OPTS, *opts],
-    )
-
+from ..conftest import TINY_ARCH, TINY_OPTS, make_args, tiny_vit
 
 MAX_ITER = 4  # optim.epochs=2 x train.OFFICIAL_EPOCH_LENGTH=2
 
@@ -121,7 +49,7 @@ def teacher_codes(cfg_path, weights, n=2):
 def finished_run(tmp_path_factory):
     """One 4-iteration run shared by the tests that only read its outputs."""
     mp_ = pytest.MonkeyPatch()
-    mp_.setattr(vits, "vit_train_test", tiny_vit, raising=False)
+    mp_.setattr(vits, TINY_ARCH, tiny_vit, raising=False)
     out = tmp_path_factory.mktemp("run")
     summary = run(out)
     yield out, summary
@@ -275,7 +203,7 @@ def _free_port() -> int:
 
 
 def _replica_worker(rank, world_size, port, output_dir, result_dir):
-    vits.vit_train_test = tiny_vit
+    setattr(vits, TINY_ARCH, tiny_vit)
     # What torchrun exports; main() starts the process group from it.
     os.environ.update(
         {"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}

@@ -1,0 +1,82 @@
+"""Shared test pieces: a tiny ViT registered under a name, and tiny end-to-end training options.
+
+Tests import them with ``from ..conftest import ...`` (pytest runs with ``--import-mode=importlib``).
+"""
+
+import argparse
+from functools import partial
+
+import pytest
+
+from dinov2.models import vision_transformer as vits
+
+TINY_ARCH = "vit_test_tiny"
+
+
+def tiny_vit(patch_size: int = 8, num_register_tokens: int = 0, **kwargs):
+    """Width 32, depth 1, 2 heads: every code path of the trainer in well under a second per step."""
+    kwargs.pop("block_fn", None)
+    return vits.DinoVisionTransformer(
+        patch_size=patch_size,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        mlp_ratio=2,
+        block_fn=partial(vits.Block, attn_class=vits.MemEffAttention),
+        num_register_tokens=num_register_tokens,
+        **kwargs,
+    )
+
+
+# A demo dataset of 3 classes x 8 images of 32 px; train_ratio 0.5 gives 12 database images and 12 queries.
+TINY_OPTS = [
+    f"student.arch={TINY_ARCH}",
+    "student.patch_size=8",
+    "student.drop_path_rate=0.0",
+    "dino.head_n_prototypes=64",
+    "dino.head_hidden_dim=32",
+    "dino.head_bottleneck_dim=16",
+    "ibot.head_n_prototypes=64",
+    "ibot.head_hidden_dim=32",
+    "ibot.head_bottleneck_dim=16",
+    "hash.hash_bit=16",
+    "hash.patch_proj_dim=16",
+    "crops.global_crops_size=32",
+    "crops.local_crops_size=16",
+    "crops.local_crops_number=2",
+    "data.root=demo",
+    "data.demo_classes=3",
+    "data.demo_images_per_class=8",
+    "data.demo_image_size=32",
+    "train.batch_size_per_gpu=4",
+    "train.num_workers=0",
+    "train.device=cpu",
+    "train.log_period=1",
+    "train.OFFICIAL_EPOCH_LENGTH=2",
+    "train.saveckp_freq=1",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.freeze_last_layer_epochs=1",
+    "teacher.warmup_teacher_temp_epochs=1",
+    "evaluation.eval_period_iterations=2",
+    "evaluation.batch_size=8",
+    "evaluation.num_workers=0",
+]
+
+
+@pytest.fixture
+def tiny_arch(monkeypatch):
+    """Register the tiny ViT factory under TINY_ARCH for the duration of a test."""
+    monkeypatch.setattr(vits, TINY_ARCH, tiny_vit, raising=False)
+    return TINY_ARCH
+
+
+def make_args(output_dir, *opts, no_resume=False, eval_only=False, config_file=""):
+    """Training arguments as ``get_args_parser`` produces them, with TINY_OPTS before ``opts``."""
+    return argparse.Namespace(
+        config_file=config_file,
+        output_dir=str(output_dir),
+        no_resume=no_resume,
+        eval_only=eval_only,
+        opts=[*TINY_OPTS, *opts],
+    )
