@@ -19,6 +19,7 @@ from typing import Any, Callable, List, Optional
 
 import submitit
 
+from dinov2.logging import setup_logging
 from dinov2.run.submit import check_args, get_args_parser, submit_jobs
 from dinov2.utils.cluster import get_torch_distributed_env
 
@@ -114,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Console only: the job writes its own log.txt in the output directory.
+    setup_logging()
     job = submit_jobs(Trainer, args, name="sdsh:train")
     if args.local:
         # Waits for every process of the job; raises with the job's error log if one failed.
