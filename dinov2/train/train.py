@@ -509,6 +509,7 @@ def build_train_loader(cfg, root: str, input_dtype: torch.dtype, start_iter: int
         cfg.data.val_ratio,
         transform=augmentation,
         cache=cfg.train.cache_dataset,
+        cache_size=cfg.data.cache_size,
     )
     if distributed.is_main_process():
         manifest = dataset.write_manifest(os.path.join(cfg.train.output_dir, "split_manifest.csv"))
