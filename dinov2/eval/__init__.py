@@ -1,25 +1,6 @@
-from .hashing import (
-    binarize,
-    hamming_distance,
-    hamming_topk,
-    mean_average_precision,
-    pack_codes,
-    precision_at_k,
-    precision_recall_curve,
-    precision_within_radius,
-    tie_aware_mean_average_precision,
-    unpack_codes,
-)
+"""Retrieval evaluation: the Hamming-ranking metric library is re-exported here."""
 
-__all__ = [
-    "binarize",
-    "hamming_distance",
-    "hamming_topk",
-    "mean_average_precision",
-    "pack_codes",
-    "precision_at_k",
-    "precision_recall_curve",
-    "precision_within_radius",
-    "tie_aware_mean_average_precision",
-    "unpack_codes",
-]
+from . import hashing
+from .hashing import *  # noqa: F403  (the names of hashing.__all__)
+
+__all__ = list(hashing.__all__)
