@@ -1,4 +1,4 @@
-"""DINO multi-crop training augmentation (SPEC section 4)."""
+"""DINO multi-crop training augmentation (the SDSH paper's settings)."""
 
 import logging
 from typing import Dict, Sequence, Tuple
@@ -11,7 +11,7 @@ from .transforms import GaussianBlur, make_normalize_transform
 logger = logging.getLogger("dinov2")
 
 # Blur probabilities of global crop 1, global crop 2 and the local crops, as stated by DINOv2/BYOL.
-SPEC_BLUR_PROBABILITIES = (1.0, 0.1, 0.5)
+DOCUMENTED_BLUR_PROBABILITIES = (1.0, 0.1, 0.5)
 # What DINOv2's code (and the reference SDSH fork) actually applies: its GaussianBlur inverts p.
 REFERENCE_CODE_BLUR_PROBABILITIES = (0.0, 0.9, 0.5)
 
@@ -31,7 +31,7 @@ class DataAugmentationDINO:
         global_crops_size: side of the global crops in pixels.
         local_crops_size: side of the local crops in pixels.
         blur_probabilities: blur probability of global crop 1, global crop 2 and local crops; the
-            default is the SPEC's (1.0, 0.1, 0.5); ``REFERENCE_CODE_BLUR_PROBABILITIES`` reproduces
+            default is the documented (1.0, 0.1, 0.5); ``REFERENCE_CODE_BLUR_PROBABILITIES`` reproduces
             the reference code, whose blur class applies 1 - p.
     """
 
@@ -42,7 +42,7 @@ class DataAugmentationDINO:
         local_crops_number: int,
         global_crops_size: int = 224,
         local_crops_size: int = 96,
-        blur_probabilities: Tuple[float, float, float] = SPEC_BLUR_PROBABILITIES,
+        blur_probabilities: Tuple[float, float, float] = DOCUMENTED_BLUR_PROBABILITIES,
     ):
         if local_crops_number < 0:
             raise ValueError(f"local_crops_number={local_crops_number} must be >= 0")

@@ -1,6 +1,6 @@
 """SDSH retrieval tool: encode a dataset with a trained teacher, score Hamming-ranking retrieval, search.
 
-Evaluation (the database is the ``train`` split, the queries the ``query`` split of SPEC section 4)::
+Evaluation (the database is the ``train`` split, the queries the ``query`` split of the paper's protocol)::
 
     python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml \\
         --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval data.root=/data/AID

@@ -37,7 +37,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class SSLMetaArch(nn.Module):
-    """SDSH training model: student, EMA teacher and the losses of SPEC section 2.
+    """SDSH training model: student, EMA teacher and the SDSH losses (README, "The method in the code").
 
     Args:
         cfg: the merged configuration (``ssl_default_config.yaml`` layout).
@@ -55,7 +55,7 @@ class SSLMetaArch(nn.Module):
         self.embed_dim = embed_dim
         self.patch_size = cfg.student.patch_size
         if cfg.student.pretrained_weights:
-            # SPEC 1.4: the public weights go into both backbones.
+            # As in the reference, the public weights go into both backbones.
             load_pretrained_weights(student_backbone, cfg.student.pretrained_weights, None)
             load_pretrained_weights(teacher_backbone, cfg.student.pretrained_weights, None)
 

@@ -1,4 +1,4 @@
-"""The dataset presets in configs/ merge with the default config and carry the SPEC section 3 values."""
+"""The dataset presets in configs/ merge with the default config and carry the reference protocol's values."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 from dinov2.utils.config import merge_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# dataset: (train_ratio, OFFICIAL_EPOCH_LENGTH, eval_period_iterations), SPEC section 3 table.
+# dataset: (train_ratio, OFFICIAL_EPOCH_LENGTH, eval_period_iterations), the reference protocol (README).
 PROTOCOL = {"aid": (0.5, 80, 80), "ucmd": (0.8, 30, 30)}
 
 

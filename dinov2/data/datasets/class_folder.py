@@ -1,7 +1,7 @@
 """A dataset laid out as one folder per class, split deterministically into database and queries.
 
 This is the layout AID, UC Merced, NWPU-RESISC45, WHU-RS19 and PatternNet ship in. The retrieval
-protocol (SPEC section 4) splits each class by file name: the first ``int(n * train_ratio)`` files are
+protocol of the SDSH paper splits each class by file name: the first ``int(n * train_ratio)`` files are
 the training set, which is also the retrieval database, and the remaining files are the queries.
 
 With ``val_ratio > 0`` the last ``int(n_train * val_ratio)`` training files of each class are held
