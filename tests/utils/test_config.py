@@ -94,3 +94,9 @@ def test_setup_writes_config_yaml(tmp_path):
 
 def test_packaged_config_dir_has_default():
     assert (CONFIG_DIR / "ssl_default_config.yaml").is_file()
+
+
+def test_fractional_hyperparameters_accept_floats():
+    # Momenta, temperatures, weights and rates are floats even where the default is a round number.
+    cfg = merge_config(None, ["teacher.final_momentum_teacher=0.9995", "dino.loss_weight=0.5", "optim.clip_grad=1.5"])
+    assert cfg.teacher.final_momentum_teacher == 0.9995
