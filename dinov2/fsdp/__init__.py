@@ -22,7 +22,7 @@ def get_fsdp_wrapper(model_cfg, modules_to_wrap: Set[Type[nn.Module]] = frozense
         model_cfg: one ``compute_precision.{student,teacher}.<module>`` config node with
             ``sharding_strategy`` and ``mixed_precision.{param,reduce,buffer}_dtype``.
         modules_to_wrap: module classes wrapped as their own FSDP units (e.g. block chunks).
-        device_id: CUDA device of this process (the current device when None).
+        device_id: device of this process's units (the current CUDA device when None).
     Returns:
         ``functools.partial`` of FSDP; call it on the module.
     """
@@ -47,12 +47,14 @@ def get_fsdp_wrapper(model_cfg, modules_to_wrap: Set[Type[nn.Module]] = frozense
     )
     if device_id is None:
         device_id = torch.cuda.current_device()
+    on_cuda = torch.device("cuda", device_id).type == "cuda" if isinstance(device_id, int) else device_id.type == "cuda"
     return partial(
         FSDP,
         sharding_strategy=strategies[model_cfg.sharding_strategy],
         mixed_precision=mixed_precision,
         device_id=device_id,
-        sync_module_states=True,
+        # FSDP can only broadcast rank 0's weights from a GPU; CPU callers broadcast them before wrapping.
+        sync_module_states=on_cuda,
         use_orig_params=True,
         auto_wrap_policy=ModuleWrapPolicy(set(modules_to_wrap)) if modules_to_wrap else None,
     )

@@ -197,7 +197,17 @@ class FSDPCheckpointer(Checkpointer):
                         if expected[key] is not value:
                             expected[key].copy_(saved[key])
                             saved[key] = value
-            self.model.load_state_dict(saved, strict=True)
+                # FSDP's load hook copies each ``_flat_param`` shard into the unit in place; with
+                # use_orig_params the key is then reported as unexpected, and only that is allowed.
+                result = self.model.load_state_dict(saved, strict=False)
+                unexpected = [k for k in result.unexpected_keys if not k.endswith("_flat_param")]
+                if result.missing_keys or unexpected:
+                    raise CheckpointError(
+                        f"{path} does not fit the sharded model: missing {result.missing_keys[:6]}, "
+                        f"unexpected {unexpected[:6]}"
+                    )
+            else:
+                self.model.load_state_dict(saved, strict=True)
         return None
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:

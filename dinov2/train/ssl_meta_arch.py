@@ -305,17 +305,20 @@ class SSLMetaArch(nn.Module):
         return fuse_params_groups(groups)
 
     def prepare_for_distributed_training(self) -> None:
-        """Wrap each student and teacher sub-module in FSDP (CUDA with torch.distributed)."""
+        """Wrap each student and teacher sub-module in FSDP (needs an initialised process group)."""
         logger.info("wrapping student and teacher sub-modules in FSDP")
         block_classes = set()
         from dinov2.models.vision_transformer import BlockChunk
 
         if self.cfg.student.block_chunks > 0:
             block_classes.add(BlockChunk)
+        # FSDP units live on the modules' device (a GPU in training; the CPU in the gloo tests).
+        device = next(self.student.parameters()).device
         for k in list(self.student.keys()):
             self.teacher[k].load_state_dict(self.student[k].state_dict())
-            wrap_student = get_fsdp_wrapper(self.cfg.compute_precision.student[k], modules_to_wrap=block_classes)
-            wrap_teacher = get_fsdp_wrapper(self.cfg.compute_precision.teacher[k], modules_to_wrap=block_classes)
+            precision = self.cfg.compute_precision
+            wrap_student = get_fsdp_wrapper(precision.student[k], modules_to_wrap=block_classes, device_id=device)
+            wrap_teacher = get_fsdp_wrapper(precision.teacher[k], modules_to_wrap=block_classes, device_id=device)
             self.student[k] = wrap_student(self.student[k])
             self.teacher[k] = wrap_teacher(self.teacher[k])
             for p in self.teacher[k].parameters():

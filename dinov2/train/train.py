@@ -287,18 +287,25 @@ def _mixed_precision_dtype(cfg) -> torch.dtype:
     return _PRECISIONS[name]
 
 
+def use_fsdp(device: torch.device) -> bool:
+    """FSDP for several CUDA processes; CPU processes train plain replicas (tests may switch FSDP on)."""
+    return device.type == "cuda" and distributed.is_enabled()
+
+
 class TrainingSetup:
     """The model on its device with its precision handling: FSDP, autocast, grad scaler."""
 
     def __init__(self, cfg, device: torch.device):
         self.device = device
         self.cuda = device.type == "cuda"
-        self.fsdp = self.cuda and distributed.is_enabled()
+        self.fsdp = use_fsdp(device)
         self.dtype = _mixed_precision_dtype(cfg) if self.cuda else torch.float32
         model = SSLMetaArch(cfg).to(device)
         self.scaler = None
         use_scaler = self.cuda and cfg.compute_precision.grad_scaler and self.dtype == torch.float16
         if self.fsdp:
+            if not self.cuda:
+                broadcast_model(model)
             model.prepare_for_distributed_training()
             if use_scaler:
                 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
