@@ -164,3 +164,61 @@ def plot_retrieval_grid(
     if title:
         figure.suptitle(title, fontsize=9)
     return _save(figure, path)
+
+
+# Loss terms drawn on the training-curve figure, in this order when present.
+_LOSS_TERMS = ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss", "hash_reg_loss")
+
+
+def plot_training_curves(training: Sequence[dict], evaluations: Sequence[dict], path: str, title: str = "") -> str:
+    """Loss terms, learning rate and teacher temperature, and retrieval mAP against the iteration.
+
+    Args:
+        training: records of ``training_metrics.json`` (``iteration`` and the logged values).
+        evaluations: records of ``eval/retrieval_metrics.jsonl`` (``iteration``, ``mAP``); may be empty.
+        path: destination PNG file.
+        title: figure title.
+    Returns:
+        ``path``.
+    """
+    training = [r for r in training if "iteration" in r]
+    if not training:
+        raise ValueError("no training records with an 'iteration' to plot")
+    iterations = np.asarray([r["iteration"] for r in training])
+    figure = _new_figure(12, 3.6)
+    losses, schedule, retrieval = figure.subplots(1, 3)
+    for term in _LOSS_TERMS:
+        values = [r.get(term) for r in training]
+        if any(v is not None for v in values):
+            losses.plot(iterations, [np.nan if v is None else v for v in values], label=term, linewidth=1.2)
+    losses.set_xlabel("iteration")
+    losses.set_ylabel("loss")
+    losses.legend(fontsize=7)
+    losses.grid(True, alpha=0.3)
+    losses.set_title("losses", fontsize=10)
+    if any("lr" in r for r in training):
+        schedule.plot(iterations, [r.get("lr", np.nan) for r in training], label="lr", color="tab:blue")
+        schedule.set_ylabel("learning rate")
+    temperature = schedule.twinx()
+    if any("teacher_temp" in r for r in training):
+        temperature.plot(
+            iterations, [r.get("teacher_temp", np.nan) for r in training], label="teacher temp", color="tab:orange"
+        )
+        temperature.set_ylabel("teacher temperature")
+    schedule.set_xlabel("iteration")
+    schedule.grid(True, alpha=0.3)
+    schedule.set_title("schedules (lr: blue, teacher temperature: orange)", fontsize=10)
+    points = [(e["iteration"], e["mAP"]) for e in evaluations if "iteration" in e and "mAP" in e and "split" not in e]
+    if points:
+        x, y = zip(*points)
+        retrieval.plot(x, y, marker="o", markersize=3)
+        best = int(np.argmax(y))
+        retrieval.annotate(f"best {y[best]:.4f}", (x[best], y[best]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    retrieval.set_xlabel("iteration")
+    retrieval.set_ylabel("mAP")
+    retrieval.set_ylim(-0.02, 1.02)
+    retrieval.grid(True, alpha=0.3)
+    retrieval.set_title("teacher retrieval mAP", fontsize=10)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    return _save(figure, path)

@@ -3,9 +3,10 @@
 import datetime
 import json
 import logging
+import os
 import time
 from collections import defaultdict, deque
-from typing import Dict, Iterable, Iterator, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import torch
 
@@ -180,3 +181,21 @@ class MetricLogger:
         total = str(datetime.timedelta(seconds=int(total_time)))
         done = i - start_iteration
         logger.info(f"{header} total time: {total} ({total_time / max(done, 1):.6f} s / it)")
+
+
+def read_jsonl(path: str) -> List[dict]:
+    """The JSON objects of a JSON-lines metrics file, in order.
+
+    A missing file gives an empty list, and a line that does not parse (the last line of a run that
+    is writing it, or one cut by a kill) is skipped.
+    """
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

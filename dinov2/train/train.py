@@ -50,7 +50,7 @@ from dinov2.data import (
 from dinov2.eval.encode import evaluate_codes, extract_codes
 from dinov2.fsdp import is_fsdp
 from dinov2.fsdp.checkpointer import AtomicPeriodicCheckpointer, FSDPCheckpointer, full_state_dict, has_fsdp_modules
-from dinov2.logging import MetricLogger, SmoothedValue, setup_logging
+from dinov2.logging import MetricLogger, SmoothedValue, read_jsonl, setup_logging
 from dinov2.models.checkpoint_formats import CheckpointFormatError
 from dinov2.models.hashing_network import HashingNetwork, build_hashing_network
 from dinov2.train.ssl_meta_arch import NonFiniteLossError, SSLMetaArch
@@ -674,6 +674,21 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
     }
 
 
+def draw_training_curves(output_dir: str, eval_metrics_file: str) -> str:
+    """Draw ``<output_dir>/training_curves.png`` from the metric files; "" without records or matplotlib."""
+    training = read_jsonl(os.path.join(output_dir, "training_metrics.json"))
+    if not training:
+        return ""
+    path = os.path.join(output_dir, "training_curves.png")
+    try:
+        from dinov2.eval.plots import plot_training_curves
+
+        return plot_training_curves(training, read_jsonl(eval_metrics_file), path, os.path.basename(output_dir))
+    except ImportError:
+        logger.warning("matplotlib is not installed: no training_curves.png (pip install -e '.[eval]')")
+        return ""
+
+
 def _last_checkpoint(checkpointer: FSDPCheckpointer) -> str:
     return checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else ""
 
@@ -757,6 +772,7 @@ def finish(cfg, evaluator: RetrievalEvaluator, summary: Dict[str, Any], device) 
         }
     )
     atomic_write_text(os.path.join(evaluator.eval_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    summary["training_curves"] = draw_training_curves(cfg.train.output_dir, evaluator.metrics_file)
     last = summary.get("last_eval") or {}
     lines = [
         "summary",
@@ -772,6 +788,8 @@ def finish(cfg, evaluator: RetrievalEvaluator, summary: Dict[str, Any], device) 
         f"  last checkpoint: {summary['last_checkpoint'] or '(none)'}",
         f"  retrieval metrics: {evaluator.metrics_file}",
     ]
+    if summary["training_curves"]:
+        lines.append(f"  training curves: {summary['training_curves']}")
     logger.info("\n".join(lines))
     return summary
 

@@ -13,6 +13,7 @@ from dinov2.eval.plots import (
     plot_precision_at_k,
     plot_precision_recall,
     plot_retrieval_grid,
+    plot_training_curves,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,3 +87,16 @@ def test_retrieval_grid_rejects_rows_that_do_not_match(tmp_path):
         plot_retrieval_grid([grey, grey], [[grey], [grey]], np.ones((2, 1), bool), tmp_path / "x.png", ["a"])
     with pytest.raises(ValueError, match="at least one query"):
         plot_retrieval_grid([], [], np.ones((0, 3), bool), tmp_path / "x.png")
+
+
+def test_training_curves_figure_and_missing_terms(tmp_path):
+    training = [
+        {"iteration": i, "total_loss": 10 - i, "ibot_loss": 2.0, "lr": 1e-3 * i, "teacher_temp": 0.04} for i in range(5)
+    ]
+    evaluations = [{"iteration": 1, "mAP": 0.4}, {"iteration": 3, "mAP": 0.6}, {"iteration": 3, "mAP": 0.5, "split": "query"}]
+    image = read_png(plot_training_curves(training, evaluations, tmp_path / "curves.png", title="run"))
+    assert image.shape[1] >= 1000  # three panels side by side
+    # Without evaluations or schedules it still draws the losses.
+    read_png(plot_training_curves([{"iteration": 0, "total_loss": 1.0}], [], tmp_path / "bare.png"))
+    with pytest.raises(ValueError, match="iteration"):
+        plot_training_curves([{"total_loss": 1.0}], [], tmp_path / "none.png")

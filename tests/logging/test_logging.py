@@ -68,3 +68,12 @@ def test_setup_logging_writes_the_log_file_and_captures_warnings(tmp_path):
     assert "second run" in (tmp_path / "second" / "log.txt").read_text()
     assert sum(isinstance(h, logging.StreamHandler) and h.stream.name.endswith("log.txt") for h in logger.handlers
                if hasattr(h.stream, "name")) == 1
+
+
+def test_read_jsonl_skips_a_partial_last_line_and_missing_files(tmp_path):
+    from dinov2.logging import read_jsonl
+
+    path = tmp_path / "metrics.json"
+    path.write_text('{"iteration": 0, "loss": 1.5}\n{"iteration": 1, "loss": 1.2}\n{"iteration": 2, "lo')
+    assert read_jsonl(str(path)) == [{"iteration": 0, "loss": 1.5}, {"iteration": 1, "loss": 1.2}]
+    assert read_jsonl(str(tmp_path / "missing.json")) == []

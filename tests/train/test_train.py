@@ -76,6 +76,8 @@ def test_end_to_end_run_writes_logs_manifest_checkpoints_and_evaluations(finishe
     assert all(0.0 <= e["mAP"] <= 1.0 and e["select_on"] == "query" and e["bits"] == 16 for e in evals)
     assert summary["best_mAP"] == max(e["mAP"] for e in evals)
     assert 0.0 <= summary["random_codes_mAP"] <= 1.0
+    assert summary["training_curves"] == str(out / "training_curves.png")
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     for kind in ("best", "last"):
         path = out / "eval" / kind / "teacher_checkpoint.pth"
