@@ -4,6 +4,8 @@ Tests import them with ``from ..conftest import ...`` (pytest runs with ``--impo
 """
 
 import argparse
+import os
+import socket
 from functools import partial
 
 import pytest
@@ -80,3 +82,19 @@ def make_args(output_dir, *opts, no_resume=False, eval_only=False, config_file="
         eval_only=eval_only,
         opts=[*TINY_OPTS, *opts],
     )
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a multi-process test's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def export_torchrun_env(rank: int, world_size: int, port: int) -> None:
+    """Set what torchrun exports for one process (the entry points start the process group from it)."""
+    os.environ.update(
+        {"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )
+    os.environ.pop("LOCAL_RANK", None)
+    os.environ.pop("LOCAL_WORLD_SIZE", None)

@@ -1,7 +1,6 @@
 import functools
 import itertools
 import os
-import socket
 
 import pytest
 import torch
@@ -20,6 +19,8 @@ from dinov2.data import (
     make_data_loader,
     make_eval_data_loader,
 )
+
+from ..conftest import free_port
 
 LAYOUT = {"a": [f"a{i}.png" for i in range(5)], "b": [f"b{i}.png" for i in range(4)]}
 
@@ -93,12 +94,6 @@ def test_worker_error_names_the_corrupt_file(make_tree, kind):
             pass
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _gather_worker(rank, world_size, port, root, size):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -122,4 +117,4 @@ def _gather_worker(rank, world_size, port, root, size):
 def test_two_processes_evaluate_every_sample_exactly_once(make_tree):
     root = make_tree(LAYOUT)
     size = sum(len(v) for v in LAYOUT.values())
-    mp.spawn(_gather_worker, args=(2, _free_port(), str(root), size), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, free_port(), str(root), size), nprocs=2, join=True)

@@ -1,5 +1,4 @@
 import os
-import socket
 
 import pytest
 import torch
@@ -7,6 +6,8 @@ import torch.multiprocessing as mp
 
 from dinov2 import distributed
 from dinov2.loss import DINOLoss, iBOTPatchLoss
+
+from ..conftest import free_port
 
 WORLD_SIZE = 2
 K = 6
@@ -34,12 +35,6 @@ def clean_env(monkeypatch):
     for name in LAUNCHER_VARS:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_single_process_answers(clean_env):
@@ -200,4 +195,4 @@ def test_two_processes_match_one_process():
         ),
         "ibot_center": ibot.center.clone(),
     }
-    mp.spawn(_worker, args=(_free_port(), inputs, expected), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(), inputs, expected), nprocs=WORLD_SIZE, join=True)

@@ -7,7 +7,6 @@ images, 12 queries). Results are checked against independent recomputations from
 
 import json
 import os
-import socket
 import sys
 
 import faiss
@@ -25,6 +24,8 @@ from dinov2.models import build_hashing_network
 from dinov2.models import vision_transformer as vits
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import merge_config
+
+from ..conftest import export_torchrun_env, free_port
 
 TINY_ARCH = "vit_retrieval_test"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -297,20 +298,9 @@ def test_without_faiss_the_index_is_skipped_with_a_note(tmp_path, monkeypatch):
     assert path is None and "faiss is not installed" in note and not os.listdir(tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun_worker(rank, world_size, port, argv, result_dir):
     setattr(vits, TINY_ARCH, tiny_vit)
-    # What torchrun exports; main() starts the process group from it and ends it.
-    os.environ.update(
-        {"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    )
-    os.environ.pop("LOCAL_RANK", None)
-    os.environ.pop("LOCAL_WORLD_SIZE", None)
+    export_torchrun_env(rank, world_size, port)
     code = retrieval.main(argv)
     with open(os.path.join(result_dir, f"exit_{rank}"), "w") as f:
         f.write(str(code))
@@ -320,7 +310,7 @@ def test_two_processes_give_the_codes_and_metrics_of_one(setting, tmp_path):
     """gloo, 2 processes: each encodes half of the images, rank 0 writes results over all of them."""
     out = tmp_path / "two"
     argv = ["--weights", setting["weights"], "--output-dir", str(out), "--no-plots"] + setting["opts"]
-    mp.spawn(_torchrun_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_torchrun_worker, args=(2, free_port(), argv, str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"exit_{rank}").read_text() for rank in range(2)] == ["0", "0"]
     metrics = json.loads((out / "metrics.json").read_text())
     single = json.loads((setting["out"] / "metrics.json").read_text())

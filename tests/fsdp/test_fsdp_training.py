@@ -7,7 +7,6 @@ plain two-process path (replicas with averaged gradients), which must give the s
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import torch.multiprocessing as mp
 from dinov2.models import vision_transformer as vits
 from dinov2.train import train as train_module
 
-from ..conftest import TINY_ARCH, make_args, tiny_vit
+from ..conftest import TINY_ARCH, export_torchrun_env, free_port, make_args, tiny_vit
 
 # Every student/teacher unit in fp32: the CPU has no fast fp16 path, and fp32 makes the comparison tight.
 FP32_OPTS = [
@@ -32,19 +31,9 @@ FP32_OPTS = [
 DYNAMIC_OPTS = ["teacher.momentum_teacher=0.5", "teacher.final_momentum_teacher=0.5", "optim.base_lr=0.05"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world_size, port, output_dir, fsdp, extra_opts):
     setattr(vits, TINY_ARCH, tiny_vit)
-    os.environ.update(
-        {"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    )
-    os.environ.pop("LOCAL_RANK", None)
-    os.environ.pop("LOCAL_WORLD_SIZE", None)
+    export_torchrun_env(rank, world_size, port)
     train_module.use_fsdp = lambda device: fsdp
     try:
         train_module.main(make_args(output_dir, *FP32_OPTS, *DYNAMIC_OPTS, *extra_opts))
@@ -54,7 +43,7 @@ def _worker(rank, world_size, port, output_dir, fsdp, extra_opts):
 
 
 def _train(output_dir, fsdp, *extra_opts):
-    mp.spawn(_worker, args=(2, _free_port(), str(output_dir), fsdp, list(extra_opts)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(output_dir), fsdp, list(extra_opts)), nprocs=2, join=True)
 
 
 def _evaluations(output_dir):

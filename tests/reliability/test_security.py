@@ -8,7 +8,6 @@ package's source with ``ast``.
 import ast
 import os
 import pathlib
-import socket
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from dinov2.utils.checkpoint import CheckpointError
 from dinov2.utils.config import merge_config
 from dinov2.utils.utils import load_pretrained_weights
 
-from ..conftest import TINY_OPTS, make_args, tiny_vit
+from ..conftest import TINY_OPTS, free_port, make_args, tiny_vit
 from .conftest import REPO_ROOT
 
 PACKAGE = pathlib.Path(REPO_ROOT) / "dinov2"
@@ -160,12 +159,6 @@ def test_no_shell_commands_or_code_execution_in_the_package():
 # FSDP shards are saved as plain tensors, so they load with weights_only=True too
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sharded_round_trip(rank, world_size, port, save_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -194,7 +187,7 @@ def _sharded_round_trip(rank, world_size, port, save_dir):
 
 
 def test_fsdp_shards_round_trip_with_weights_only(tmp_path):
-    mp.spawn(_sharded_round_trip, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sharded_round_trip, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     assert sorted(p.name for p in tmp_path.glob("model_shard_test.rank_*.pth")) == [
         "model_shard_test.rank_0.pth",
         "model_shard_test.rank_1.pth",

@@ -8,7 +8,6 @@ import csv
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from dinov2.train import train as train_module
 from dinov2.utils.checkpoint import CheckpointError
 from dinov2.utils.config import ConfigError, merge_config
 
-from ..conftest import TINY_ARCH, TINY_OPTS, make_args, tiny_vit
+from ..conftest import TINY_ARCH, TINY_OPTS, export_torchrun_env, free_port, make_args, tiny_vit
 
 MAX_ITER = 4  # optim.epochs=2 x train.OFFICIAL_EPOCH_LENGTH=2
 
@@ -198,20 +197,9 @@ def test_schedules_follow_the_dinov2_formulas():
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(pytest.approx(0.03), 0.0), (0.05, 0.2)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _replica_worker(rank, world_size, port, output_dir, result_dir):
     setattr(vits, TINY_ARCH, tiny_vit)
-    # What torchrun exports; main() starts the process group from it.
-    os.environ.update(
-        {"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    )
-    os.environ.pop("LOCAL_RANK", None)
-    os.environ.pop("LOCAL_WORLD_SIZE", None)
+    export_torchrun_env(rank, world_size, port)
     captured = {}
     original = train_module.do_train
 
@@ -235,7 +223,7 @@ def test_two_cpu_processes_keep_identical_replicas_and_write_one_eval_line(tmp_p
     """gloo, 2 processes: gradients averaged, same teacher on both ranks, one eval line per evaluation."""
     out, results = tmp_path / "run", tmp_path / "results"
     results.mkdir()
-    mp.spawn(_replica_worker, args=(2, _free_port(), str(out), str(results)), nprocs=2, join=True)
+    mp.spawn(_replica_worker, args=(2, free_port(), str(out), str(results)), nprocs=2, join=True)
     evals = read_jsonl(out / "eval" / "retrieval_metrics.jsonl")
     assert [e["iteration"] for e in evals] == [1, 3]
     # Every query and database image was encoded once, although each rank encoded half of them.
