@@ -414,7 +414,7 @@ class RetrievalEvaluator:
         crop = cfg.crops.global_crops_size
         transform = make_classification_eval_transform(crop_size=crop)
         # The evaluation transform first resizes the shorter side to this size: caching at it changes nothing.
-        cache_size = round(crop * 256 / 224)
+        cache_size = transform.transforms[0].size
 
         def dataset(split):
             return ClassFolderDataset(
