@@ -5,7 +5,8 @@ Inputs, in any number and order:
   run's ``hash.hash_bit`` (from ``config.yaml``). The value is the run's best evaluation
   (``eval/summary.json``: ``best_mAP``, or ``test_query_mAP`` when the model was selected on validation
   queries); without a summary (a run still going on), the best line of ``eval/retrieval_metrics.jsonl``.
-  ``--run-value last`` takes the last evaluation instead.
+  ``--run-value last`` takes the last evaluation instead. A finished run also gives a ``random codes``
+  cell: the chance level of ``eval/summary.json`` (random +-1 codes of that length on the same split).
 - a ``baselines.json`` written by ``dinov2/eval/baselines.py`` (or the directory holding it): one row
   per method and features, e.g. ``ITQ (pixels)``.
 Prefix an input with ``LABEL=`` to name its row(s): ``"SDSH w/o AWP=runs/ablation"``.
@@ -22,8 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import OmegaConf
 
 METHOD_NAMES = {"lsh": "LSH", "pcah": "PCAH", "itq": "ITQ", "sh": "SH"}
-# Row order of the table: learned runs after the classical methods, in the order first met.
+# Row order of the table: chance level, the classical methods by features then method, learned runs
+# last (in the order given).
 _BASELINE_ORDER = ("lsh", "pcah", "sh", "itq")
+_FEATURE_ORDER = ("pixels", "backbone")
 METRICS = {"mAP": ("mAP", "mAP@all"), "mAP_tie_aware": ("mAP_tie_aware", "mAP_tie_aware@all")}
 
 
@@ -84,7 +87,13 @@ def run_cells(run_dir: str, metric: str, value: str = "best", label: str = "") -
         chosen, source = best[key], f"best evaluation (iteration {best['iteration']})"
     else:
         raise TableError(f"{run_dir}: no evaluation yet ({metrics_path} missing or empty)")
-    return [{"row": label or "SDSH", "bits": bits, "value": float(chosen), "source": f"{run_dir}: {source}"}]
+    cells = [{"row": label or "SDSH", "bits": bits, "value": float(chosen), "source": f"{run_dir}: {source}"}]
+    if metric == "mAP" and os.path.isfile(summary_path):
+        chance = _read_json(summary_path).get("random_codes_mAP")
+        if chance is not None:
+            # The trainer's chance level: random +-1 codes of the run's length on the same split.
+            cells.append({"row": "random codes", "bits": bits, "value": float(chance), "source": summary_path, "order": (0,)})
+    return cells
 
 
 def baseline_cells(path: str, metric: str, label: str = "") -> List[Dict[str, Any]]:
@@ -103,7 +112,11 @@ def baseline_cells(path: str, metric: str, label: str = "") -> List[Dict[str, An
                 "bits": int(r["bits"]),
                 "value": None if value is None else float(value),
                 "source": path,
-                "order": (_BASELINE_ORDER.index(r["method"]) if r["method"] in _BASELINE_ORDER else 99),
+                "order": (
+                    1,
+                    _FEATURE_ORDER.index(r.get("features")) if r.get("features") in _FEATURE_ORDER else 9,
+                    _BASELINE_ORDER.index(r["method"]) if r["method"] in _BASELINE_ORDER else 9,
+                ),
             }
         )
     return cells
@@ -133,7 +146,7 @@ def collect(inputs: Sequence[str], metric: str = "mAP", run_value: str = "best")
 
 
 def markdown_table(cells: Sequence[Dict[str, Any]], metric: str = "mAP") -> str:
-    """Methods (rows) x code lengths (columns); baselines by kind then features, runs last."""
+    """Methods (rows) x code lengths (columns): chance level, baselines by features then method, runs last."""
     bits_list = sorted({c["bits"] for c in cells})
     rows: Dict[str, Dict[int, Optional[float]]] = {}
     order: Dict[str, Tuple] = {}
@@ -141,7 +154,7 @@ def markdown_table(cells: Sequence[Dict[str, Any]], metric: str = "mAP") -> str:
         if c["row"] in rows and c["bits"] in rows[c["row"]]:
             print(f"warning: two values for '{c['row']}' at {c['bits']} bits; keeping {c['source']}", file=sys.stderr)
         rows.setdefault(c["row"], {})[c["bits"]] = c["value"]
-        order.setdefault(c["row"], (c.get("order", 100), position))
+        order.setdefault(c["row"], (c.get("order", (2,)), position))
     header = "| Method | " + " | ".join(f"{b} bits" for b in bits_list) + " |"
     lines = [header, "|---|" + "---:|" * len(bits_list)]
     for name in sorted(rows, key=lambda n: order[n]):

@@ -143,12 +143,15 @@ def test_results_table_on_produced_files(tmp_path, trained_run, capsys):
     assert table[1] == "|---|---:|---:|"
     rows = json.loads((tmp_path / "bl" / "baselines.json").read_text())
     value = {(r["method"], r["bits"]): r["mAP"] for r in rows}
-    assert table[2] == f"| LSH (pixels) | {value['lsh', 8]:.4f} | {value['lsh', 16]:.4f} |"
-    assert table[3] == f"| ITQ (pixels) | {value['itq', 8]:.4f} | {value['itq', 16]:.4f} |"
-    # The run trained 16-bit codes (hash.hash_bit of its config): one SDSH cell, its best evaluation.
+    # The run trained 16-bit codes (hash.hash_bit of its config): its chance level first, its best evaluation last.
+    summary = json.loads((trained_run / "eval" / "summary.json").read_text())
+    assert table[2] == f"| random codes | – | {summary['random_codes_mAP']:.4f} |"
+    assert table[3] == f"| LSH (pixels) | {value['lsh', 8]:.4f} | {value['lsh', 16]:.4f} |"
+    assert table[4] == f"| ITQ (pixels) | {value['itq', 8]:.4f} | {value['itq', 16]:.4f} |"
     evaluations = [json.loads(line) for line in (trained_run / "eval" / "retrieval_metrics.jsonl").read_text().splitlines()]
     best = max(e["mAP"] for e in evaluations if "split" not in e)
-    assert table[4] == f"| SDSH | – | {best:.4f} |"
+    assert table[5] == f"| SDSH | – | {best:.4f} |"
+    assert len(table) == 6 + 1 + 3  # a blank line and the sources: run, its summary, baselines.json
     # A directory holding baselines.json and a LABEL= prefix work too; bad inputs exit 2 naming the path.
     assert table_module.main([f"pixels-only={tmp_path / 'bl'}"]) == 0
     assert "| pixels-only LSH (pixels) |" in capsys.readouterr().out
@@ -189,3 +192,15 @@ def test_help(capsys):
     assert baselines.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--features" in out and "pixels" in out and "backbone" in out and "baselines.json" in out
+
+
+def test_backbone_features_of_bare_dinov2_weights(tmp_path, tiny_arch):
+    """A plain DINOv2 backbone state dict (the layout of dinov2_vits14_pretrain.pth) gives "DINOv2 + ITQ"."""
+    backbone = tiny_vit(patch_size=8, img_size=32)
+    torch.save(backbone.state_dict(), tmp_path / "backbone.pth")
+    argv = ["--features", "backbone", "--weights", str(tmp_path / "backbone.pth"), "--bits", "8", "--methods", "itq"]
+    assert run_cli(tmp_path / "out", *argv) == 0
+    (row,) = json.loads((tmp_path / "out" / "baselines.json").read_text())
+    assert row["features"] == "backbone" and row["method"] == "itq" and row["feature_dim"] == EMBED_DIM
+    assert "(dinov2_backbone)" in row["features_description"]
+    assert 0.0 <= row["mAP"] <= 1.0
