@@ -28,6 +28,8 @@ from ..conftest import TINY_ARCH, TINY_OPTS, make_args, tiny_vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMBED_DIM = 32  # of tiny_vit
+# The config key of the dataset root, as the shared tiny options spell it (their value is "demo").
+ROOT_KEY = next(opt.split("=", 1)[0] for opt in TINY_OPTS if opt.endswith("=demo"))
 
 
 def load_results_table():
@@ -180,9 +182,9 @@ def test_bad_options_exit_2_naming_the_value(tmp_path, capsys, extra, message):
 
 
 def test_bad_config_and_data_exit_2(tmp_path, capsys):
-    assert run_cli(tmp_path, opts=["data.no_such_key=1"]) == 2
+    assert run_cli(tmp_path, opts=["evaluation.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
-    assert run_cli(tmp_path, opts=[f"data.root={tmp_path / 'absent'}"]) == 2
+    assert run_cli(tmp_path, opts=[f"{ROOT_KEY}={tmp_path / 'absent'}"]) == 2
     assert "absent" in capsys.readouterr().err
     assert baselines.main(["--bits", "8"]) == 2
     assert "--output-dir is required" in capsys.readouterr().err
