@@ -502,9 +502,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dinov2.data import ImageLoadError
     from dinov2.eval.retrieval import RetrievalError, make_dataset
     from dinov2.logging import setup_logging
-    from dinov2.models.checkpoint_formats import CheckpointFormatError
     from dinov2.train.train import resolve_data_root, select_device
-    from dinov2.utils.checkpoint import CheckpointError, atomic_write_text
+    from dinov2.utils.checkpoint import CheckpointError, CheckpointFormatError, atomic_write_text
     from dinov2.utils.config import ConfigError, get_cfg_from_args
 
     logger = logging.getLogger("dinov2")

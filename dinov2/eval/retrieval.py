@@ -52,9 +52,14 @@ from dinov2.eval.hashing import (
 )
 from dinov2.logging import setup_logging
 from dinov2.models import build_hashing_network
-from dinov2.models.checkpoint_formats import CheckpointFormatError, detect_format, load_checkpoint_file
 from dinov2.train.train import resolve_data_root, select_device
-from dinov2.utils.checkpoint import CheckpointError, atomic_path, atomic_write_text
+from dinov2.utils.checkpoint import (
+    CheckpointError,
+    CheckpointFormatError,
+    atomic_path,
+    atomic_write_text,
+    read_checkpoint,
+)
 from dinov2.utils.config import ConfigError, fix_random_seeds, get_cfg_from_args
 
 logger = logging.getLogger("dinov2")
@@ -199,12 +204,7 @@ def build_network(cfg, weights: str, device: torch.device) -> Tuple[torch.nn.Mod
     """
     fmt = "random"
     if weights:
-        checkpoint = load_checkpoint_file(weights)
-        try:
-            fmt = detect_format(checkpoint)
-        except CheckpointFormatError as exc:
-            raise CheckpointFormatError(f"{weights}: {exc}") from None
-        del checkpoint
+        fmt = read_checkpoint(weights)["format"]
     # Random weights are reproducible: seeded right before the modules are initialised.
     fix_random_seeds(cfg.train.seed)
     try:

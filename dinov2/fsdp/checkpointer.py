@@ -11,7 +11,7 @@ fvcore's ``Checkpointer`` writes checkpoints and the ``last_checkpoint`` tag in 
 model with ``strict=False``, logging mismatches; here writes are atomic (temporary file, fsync,
 ``os.replace``) and a checkpoint that does not fit the model is an error naming the file and keys.
 
-Every file is read with ``torch.load(weights_only=True)``, so a checkpoint cannot run code when it
+Every file is read by ``dinov2.utils.checkpoint.load_torch_file`` (``weights_only=True``), so a checkpoint cannot run code when it
 is loaded. FSDP's local state dict holds ``ShardedTensor`` objects, which only a full unpickler can
 rebuild; their local shard tensors are saved instead and copied back into the model's own
 ``ShardedTensor`` objects on load. Each checkpoint also holds every rank's random generator states
@@ -40,6 +40,8 @@ from dinov2.utils.rng_state import gather_rng_states, restore_rank_rng_state
 from . import is_fsdp
 
 logger = logging.getLogger("dinov2")
+
+_UNREADABLE_HINT = "Move it away (or pass --no-resume with another --output-dir) rather than training over it"
 
 
 def has_fsdp_modules(model: nn.Module) -> bool:
@@ -173,7 +175,7 @@ class FSDPCheckpointer(Checkpointer):
         return path
 
     def _load_file(self, f: str) -> Dict[str, Any]:
-        return load_torch_file(f)
+        return load_torch_file(f, hint=_UNREADABLE_HINT)
 
     def _load_model(self, checkpoint: Any):
         path = getattr(self, "_loading", "checkpoint")

@@ -51,10 +51,15 @@ from dinov2.eval.encode import evaluate_codes, extract_codes
 from dinov2.fsdp import is_fsdp
 from dinov2.fsdp.checkpointer import AtomicPeriodicCheckpointer, FSDPCheckpointer, full_state_dict, has_fsdp_modules
 from dinov2.logging import MetricLogger, SmoothedValue, read_jsonl, setup_logging
-from dinov2.models.checkpoint_formats import CheckpointFormatError
 from dinov2.models.hashing_network import HashingNetwork, build_hashing_network
 from dinov2.train.ssl_meta_arch import NonFiniteLossError, SSLMetaArch
-from dinov2.utils.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, drop_records_from
+from dinov2.utils.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_text,
+    drop_records_from,
+    load_torch_file,
+)
 from dinov2.utils.config import ConfigError, get_cfg_from_args, setup
 from dinov2.utils.utils import CosineScheduler
 
@@ -729,8 +734,7 @@ def do_eval_only(cfg, setup_: Optional[TrainingSetup], evaluator: RetrievalEvalu
         encoder = build_hashing_network(cfg, cfg.MODEL.WEIGHTS).to(device)
         source = cfg.MODEL.WEIGHTS
         # build_hashing_network has read this file already; only the recorded iteration is wanted here.
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        iteration = int(checkpoint.get("iteration", -1)) if isinstance(checkpoint, dict) else -1
+        iteration = int(load_torch_file(source).get("iteration", -1))
     else:
         checkpointer = FSDPCheckpointer(setup_.model, cfg.train.output_dir)
         if not checkpointer.has_checkpoint():
@@ -838,7 +842,7 @@ def main(args) -> Dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(get_args_parser(add_help=True).parse_args())
-    except (ConfigError, CheckpointError, CheckpointFormatError, ImageLoadError, FileNotFoundError, NonFiniteTrainingError) as error:
+    except (ConfigError, CheckpointError, ImageLoadError, FileNotFoundError, NonFiniteTrainingError) as error:
         # Expected failures (bad config, data or checkpoint, diverged loss) get their message, not a traceback.
         logger.error(str(error))
         print(f"error: {error}", file=sys.stderr)

@@ -1,6 +1,24 @@
-"""Atomic checkpoint I/O: a file is either the old version or the complete new one, never half written.
+"""Checkpoint I/O: the one place that reads torch files, names their format, and writes atomically.
 
-Every writer goes through a temporary file in the destination's directory, ``fsync`` and
+Reading: ``load_torch_file`` is the only ``torch.load`` of the package. It loads on the CPU with
+``weights_only=True``, which refuses any pickled object other than tensors and plain containers, so
+a tampered or foreign file fails instead of running code. ``detect_format`` names the layout of a
+loaded checkpoint from its keys (never from the file name):
+
+- ``sdsh_training``: this project's training (resume) checkpoint ``model_*.pth``,
+  ``{"model": SSLMetaArch.state_dict(), "optimizer", "iteration", "rng_state", ...}``;
+- ``sdsh_teacher``: this project's ``teacher_checkpoint.pth``,
+  ``{"teacher": {"backbone.*", "hash_head.*", ...}, "mAP", "iteration", "config"}``;
+- ``sdsh_reference``: a ``teacher_checkpoint.pth`` of the reference SDSH code, whose hash layers
+  live inside the backbone (``backbone.hash_layer.*``, ``backbone.patch_attn_global.*``, ...);
+- ``dinov2_backbone``: a bare DINOv2 backbone state dict (``cls_token``, ``blocks.*``), such as the
+  public ``dinov2_vits14_pretrain.pth``.
+
+Errors: every failure is a ``CheckpointError``; ``CheckpointFormatError`` (also a ValueError) for a
+file that is not a checkpoint of a known format (unreadable, unsafe, not a dict, unknown layout) and
+``CheckpointNotFoundError`` (also a FileNotFoundError) for a missing file. Messages name the file.
+
+Writing: every writer goes through a temporary file in the destination's directory, ``fsync`` and
 ``os.replace`` (atomic on POSIX), so a crash, a full disk or a kill during a save leaves the
 previous file as it was.
 """
@@ -12,9 +30,26 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 
+# Reference SDSH module names (inside its backbone) -> this project's hash head; they mark its checkpoints.
+REFERENCE_PREFIX_MAP = {
+    "backbone.patch_attn_global.": "hash_head.pool_global.",
+    "backbone.patch_attn_local.": "hash_head.pool_local.",
+    "backbone.hash_layer.": "hash_head.hash_layer.",
+    "backbone.ibot_layer_patch.": "hash_head.patch_proj.",
+}
+_BACKBONE_MARKERS = ("cls_token", "pos_embed", "patch_embed.proj.weight")
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to the model being trained."""
+
+
+class CheckpointFormatError(CheckpointError, ValueError):
+    """A file that is not a checkpoint of a known format: unreadable, unsafe, not a dict or of an unknown layout."""
+
+
+class CheckpointNotFoundError(CheckpointFormatError, FileNotFoundError):
+    """No checkpoint file at the given path."""
 
 
 def _fsync_path(path: str, flags: int) -> None:
@@ -82,33 +117,80 @@ def atomic_write_text(path: str, text: str) -> str:
     return _atomic_write(path, lambda f: f.write(text.encode("utf-8")), "wb")
 
 
-def load_torch_file(path: str) -> Dict[str, Any]:
+def load_torch_file(path: str, hint: str = "") -> Dict[str, Any]:
     """``torch.load(weights_only=True)`` of a checkpoint dict on the CPU, with errors that name the file.
-
-    ``weights_only`` refuses any pickled object other than tensors and plain containers, so a
-    tampered or foreign file fails here instead of running code.
 
     Args:
         path: checkpoint file.
+        hint: what to do about an unreadable file, appended to the error message.
     Returns:
         The loaded dict.
     Raises:
-        CheckpointError: missing, truncated or unreadable file, or not a dict.
+        CheckpointNotFoundError: no such file.
+        CheckpointFormatError: truncated, corrupt or unsafe file, or not a dict.
     """
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(
+        raise CheckpointFormatError(
             f"cannot read checkpoint {path} ({type(exc).__name__}: {first_line}); the file is truncated, "
-            "corrupt, not a torch checkpoint or holds objects other than tensors. Move it away (or pass --no-resume with another --output-dir) "
-            "rather than training over it"
+            "corrupt, not a torch checkpoint or holds objects other than tensors" + (f". {hint}" if hint else "")
         ) from exc
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
+        raise CheckpointFormatError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
     return checkpoint
+
+
+def strip_module_prefix(state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """The state dict without the ``module.`` prefix that DistributedDataParallel adds."""
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
+def detect_format(checkpoint: dict) -> str:
+    """Name of the format of a loaded checkpoint (see the module docstring), or raise CheckpointFormatError."""
+    model = checkpoint.get("model")
+    if isinstance(model, dict) and any(k.startswith("teacher.hash_head.") for k in model):
+        return "sdsh_training"
+    teacher = checkpoint.get("teacher")
+    if isinstance(teacher, dict):
+        keys = strip_module_prefix(teacher).keys()
+        if any(k.startswith("hash_head.") for k in keys):
+            return "sdsh_teacher"
+        if any(k.startswith(tuple(REFERENCE_PREFIX_MAP)) for k in keys):
+            return "sdsh_reference"
+        if any(k.startswith("backbone.") for k in keys):
+            return "dinov2_backbone"
+    if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        keys = strip_module_prefix(checkpoint).keys()
+        if any(k.startswith("hash_head.") for k in keys):
+            return "sdsh_teacher"
+        if any(k in _BACKBONE_MARKERS or k.removeprefix("backbone.") in _BACKBONE_MARKERS for k in keys):
+            return "dinov2_backbone"
+    sample = ", ".join(list(checkpoint.keys())[:8])
+    raise CheckpointFormatError(
+        "unknown checkpoint layout (expected an SDSH training/teacher checkpoint, a reference SDSH "
+        f"teacher_checkpoint.pth or a DINOv2 backbone); top-level keys: {sample}"
+    )
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """``load_torch_file`` and ``detect_format`` of ``path``: the checkpoint and ``"format"``.
+
+    Returns:
+        ``{"checkpoint": the loaded dict, "format": its format name}``.
+    Raises:
+        CheckpointFormatError: as ``load_torch_file``, or an unknown layout (the message names the file).
+    """
+    checkpoint = load_torch_file(path)
+    try:
+        fmt = detect_format(checkpoint)
+    except CheckpointFormatError as exc:
+        raise CheckpointFormatError(f"{path}: {exc}") from None
+    return {"checkpoint": checkpoint, "format": fmt}
 
 
 def state_dict_mismatches(expected: Dict[str, torch.Tensor], found: Dict[str, Any]) -> List[str]:

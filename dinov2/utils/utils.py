@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dinov2.layers import resize_pos_embed
+from dinov2.utils.checkpoint import load_torch_file
 
 logger = logging.getLogger("dinov2")
 
@@ -111,17 +112,12 @@ def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoin
         ``load_state_dict``'s result with the missing and unexpected keys.
 
     Raises:
-        FileNotFoundError: no such file.
-        RuntimeError: the file cannot be read by ``torch.load(weights_only=True)``.
+        CheckpointNotFoundError: no such file (a FileNotFoundError).
+        CheckpointFormatError: the file cannot be read by ``torch.load(weights_only=True)`` (a RuntimeError).
         ValueError: no state dict found, nothing matches the model, or a tensor has the wrong shape.
     """
     path = os.fspath(pretrained_weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise RuntimeError(f"could not load pretrained weights {path} with torch.load(weights_only=True): {error}") from error
+    checkpoint = load_torch_file(path)
 
     state_dict = _strip_prefixes(_select_state_dict(checkpoint, checkpoint_key, path))
     model_state = model.state_dict()

@@ -7,9 +7,12 @@ import torch
 
 from dinov2.utils.checkpoint import (
     CheckpointError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
     atomic_torch_save,
     atomic_write_text,
     load_torch_file,
+    read_checkpoint,
     state_dict_mismatches,
 )
 
@@ -58,3 +61,40 @@ def test_state_dict_mismatches_names_missing_unexpected_and_shapes():
     problems = state_dict_mismatches(expected, found)
     assert problems == ["missing keys (1): c", "unexpected keys (1): d", "b: checkpoint (4,) vs model (3,)"]
     assert state_dict_mismatches(expected, dict(expected)) == []
+
+
+def test_one_error_vocabulary_for_every_reader(tmp_path):
+    # Missing files are FileNotFoundErrors, unreadable ones ValueErrors, and both CheckpointErrors.
+    with pytest.raises(CheckpointNotFoundError) as missing:
+        load_torch_file(str(tmp_path / "absent.pth"))
+    assert isinstance(missing.value, FileNotFoundError) and isinstance(missing.value, CheckpointError)
+    path = tmp_path / "cut.pth"
+    atomic_torch_save({"w": torch.randn(100)}, str(path))
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointFormatError, match="cut.pth.*Move it away") as unreadable:
+        load_torch_file(str(path), hint="Move it away")
+    assert isinstance(unreadable.value, ValueError) and not isinstance(unreadable.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ({"model": {"teacher.hash_head.hash_layer.0.weight": torch.zeros(1)}, "iteration": 3}, "sdsh_training"),
+        ({"teacher": {"backbone.cls_token": torch.zeros(1), "hash_head.hash_layer.0.weight": torch.zeros(1)}}, "sdsh_teacher"),
+        ({"teacher": {"module.backbone.cls_token": torch.zeros(1), "module.backbone.hash_layer.0.weight": torch.zeros(1)}}, "sdsh_reference"),
+        ({"cls_token": torch.zeros(1), "pos_embed": torch.zeros(1), "blocks.0.norm1.weight": torch.zeros(1)}, "dinov2_backbone"),
+    ],
+)
+def test_read_checkpoint_names_each_format(tmp_path, content, expected):
+    path = tmp_path / "ckpt.pth"
+    torch.save(content, path)
+    read = read_checkpoint(str(path))
+    assert read["format"] == expected
+    assert sorted(read["checkpoint"]) == sorted(content)
+
+
+def test_read_checkpoint_names_the_file_of_an_unknown_layout(tmp_path):
+    path = tmp_path / "other_program.pth"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(1)}, "epoch": 2}, path)
+    with pytest.raises(CheckpointFormatError, match="other_program.pth.*unknown checkpoint layout.*state_dict"):
+        read_checkpoint(str(path))
