@@ -1,4 +1,4 @@
-"""Tests of dinov2/utils/cluster.py (kept beside the launcher tests that use it)."""
+"""Tests of the cluster defaults of dinov2/run/submit.py."""
 
 import zlib
 from pathlib import Path
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dinov2.utils.cluster import (
+from dinov2.run.submit import (
     ClusterType,
     get_cluster_type,
     get_slurm_executor_parameters,

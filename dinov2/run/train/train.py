@@ -20,8 +20,7 @@ from typing import Any, Callable, List, Optional
 import submitit
 
 from dinov2.logging import setup_logging
-from dinov2.run.submit import check_args, get_args_parser, submit_jobs
-from dinov2.utils.cluster import get_torch_distributed_env
+from dinov2.run.submit import check_args, get_args_parser, get_torch_distributed_env, submit_jobs
 
 logger = logging.getLogger("dinov2")
 
