@@ -27,7 +27,8 @@ METHOD_NAMES = {"lsh": "LSH", "pcah": "PCAH", "itq": "ITQ", "sh": "SH"}
 # last (in the order given).
 _BASELINE_ORDER = ("lsh", "pcah", "sh", "itq")
 _FEATURE_ORDER = ("pixels", "backbone")
-METRICS = {"mAP": ("mAP", "mAP@all"), "mAP_tie_aware": ("mAP_tie_aware", "mAP_tie_aware@all")}
+# Keys of the metric schema (dinov2/eval/metrics.py), written alike by training runs and baselines.
+METRICS = ("mAP", "mAP_tie_aware")
 
 
 class TableError(RuntimeError):
@@ -68,7 +69,7 @@ def run_cells(run_dir: str, metric: str, value: str = "best", label: str = "") -
         raise TableError(f"{config_path}: no hash.hash_bit") from None
     metrics_path = os.path.join(run_dir, "eval", "retrieval_metrics.jsonl")
     summary_path = os.path.join(run_dir, "eval", "summary.json")
-    key = METRICS[metric][0]
+    key = metric
     lines = _read_jsonl(metrics_path) if os.path.isfile(metrics_path) else []
     # Lines of the selection queries (the periodic evaluations), not eval-only or test-split extras.
     periodic = [line for line in lines if "split" not in line and not line.get("eval_only") and key in line]
@@ -105,7 +106,7 @@ def baseline_cells(path: str, metric: str, label: str = "") -> List[Dict[str, An
     for r in rows:
         name = METHOD_NAMES.get(r["method"], r["method"])
         row = f"{label} {name} ({r.get('features', '?')})".strip()
-        value = r.get(METRICS[metric][1], r.get(METRICS[metric][0]))
+        value = r.get(metric)
         cells.append(
             {
                 "row": row,

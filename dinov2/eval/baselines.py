@@ -443,14 +443,14 @@ def evaluate_baselines(
 
     Returns:
         One row per (method, bits): ``method``, ``bits``, ``mAP`` (= mAP@all), the metrics of
-        ``dinov2.eval.retrieval.retrieval_metrics`` (mAP@all, tie-aware mAP, mAP@k, P@k, precision
+        ``dinov2.eval.metrics.retrieval_metrics`` (mAP@all, tie-aware mAP, mAP@k, P@k, precision
         within radius 2), ``feature_dim``, ``seed``, ``fit_s``. A length a method cannot take (bits above
         the feature dimension for pcah/itq) gives a row with ``mAP`` None and the reason in ``skipped``.
     """
     import logging
     import time
 
-    from dinov2.eval.retrieval import retrieval_metrics
+    from dinov2.eval.metrics import retrieval_metrics
 
     logger = logging.getLogger("dinov2")
     rows = []
@@ -469,7 +469,7 @@ def evaluate_baselines(
             row["fit_s"] = time.perf_counter() - start
             d_bits, q_bits = model.encode(db), model.encode(queries)
             metrics = retrieval_metrics(q_bits, d_bits, query_labels, db_labels, topk)
-            row = {**row, "mAP": metrics["mAP@all"], **metrics}
+            row = {**row, **metrics}
             row.update(describe(model))
             rows.append(row)
             logger.info(f"{method} {bits} bits: mAP@all {row['mAP']:.4f}")

@@ -1,4 +1,4 @@
-"""Encoding a dataset into hash codes and scoring a database/query pair of code sets.
+"""Encoding a dataset into hash codes (the metrics of the codes are in ``dinov2.eval.metrics``).
 
 Shared by the periodic evaluation of the training loop and by the command-line retrieval tool.
 With several processes, every rank encodes its own shard and the codes of all ranks are gathered
@@ -6,7 +6,7 @@ and put back in dataset order, so every image is counted exactly once.
 """
 
 import logging
-from typing import Dict, Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -14,13 +14,6 @@ from torch.utils.data import Dataset
 
 from dinov2.data import make_eval_data_loader
 from dinov2.distributed import all_gather_variable, get_global_rank
-from dinov2.eval.hashing import (
-    binarize,
-    mean_average_precision,
-    precision_at_k,
-    precision_within_radius,
-    tie_aware_mean_average_precision,
-)
 
 logger = logging.getLogger("dinov2")
 
@@ -92,40 +85,3 @@ def _code_length(model: nn.Module) -> int:
         if candidate is not None and hasattr(candidate, "hash_bit"):
             return int(candidate.hash_bit)
     raise ValueError("cannot infer the code length of an empty shard: the model has no hash_bit attribute")
-
-
-def evaluate_codes(
-    query_codes: torch.Tensor,
-    db_codes: torch.Tensor,
-    query_labels: torch.Tensor,
-    db_labels: torch.Tensor,
-    topk: Optional[int] = None,
-    precision_ks: Tuple[int, ...] = (10, 100),
-    radius: int = 2,
-) -> Dict[str, float]:
-    """Retrieval metrics of binarised query codes against binarised database codes.
-
-    Args:
-        query_codes: continuous or binary codes [Q, K].
-        db_codes: continuous or binary codes [N, K].
-        query_labels: class indices [Q] or multi-hot [Q, C].
-        db_labels: class indices [N] or multi-hot [N, C].
-        topk: depth of the mAP (None: mAP@all, the paper's metric).
-        precision_ks: depths of the reported precision@k (those above N are skipped).
-        radius: Hamming radius of the reported precision within a radius.
-    Returns:
-        A dict with mAP, mAP_tie_aware, P@k, precision within the radius and the counts.
-    """
-    q = binarize(query_codes)
-    d = binarize(db_codes)
-    metrics = {
-        "mAP": float(mean_average_precision(q, d, query_labels, db_labels, topk=topk)),
-        "mAP_tie_aware": float(tie_aware_mean_average_precision(q, d, query_labels, db_labels, topk=topk)),
-        "topk": topk if topk is not None else "all",
-    }
-    for k in precision_ks:
-        if k <= d.shape[0]:
-            metrics[f"P@{k}"] = float(precision_at_k(q, d, query_labels, db_labels, k=k))
-    metrics[f"precision_radius{radius}"] = float(precision_within_radius(q, d, query_labels, db_labels, radius=radius))
-    metrics.update({"num_queries": int(q.shape[0]), "num_database": int(d.shape[0]), "bits": int(q.shape[1])})
-    return metrics

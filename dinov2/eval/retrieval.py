@@ -5,8 +5,8 @@ Evaluation (the database is the ``train`` split, the queries the ``query`` split
     python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml \\
         --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval data.root=/data/AID
 
-writes to ``--output-dir``: ``metrics.json`` (mAP@all, mAP@k, P@k, precision within Hamming radius 2,
-tie-aware mAP, counts, timing), ``codes.npz`` (packed binary codes, labels and relative file paths of
+writes to ``--output-dir``: ``metrics.json`` (the keys of ``dinov2.eval.metrics``: ``mAP`` = mAP@all,
+``mAP@k``, ``mAP_tie_aware``, ``P@k``, ``precision_radius2``, counts; then paths and timing), ``codes.npz`` (packed binary codes, labels and relative file paths of
 the database and the queries), ``database.faissindex`` (a faiss ``IndexBinaryFlat`` of the database
 codes, when faiss is installed), ``split_manifest.csv``, ``retrieval_config.yaml``,
 ``retrieval_log.txt`` and the plots ``pr_curve.png``, ``precision_at_k.png`` and
@@ -42,14 +42,12 @@ from dinov2.eval.encode import extract_codes
 from dinov2.eval.hashing import (
     binarize,
     hamming_topk,
-    mean_average_precision,
     pack_codes,
     precision_at_k,
     precision_recall_curve,
-    precision_within_radius,
-    tie_aware_mean_average_precision,
     unpack_codes,
 )
+from dinov2.eval.metrics import retrieval_metrics
 from dinov2.logging import setup_logging
 from dinov2.models import build_hashing_network
 from dinov2.train.train import resolve_data_root, select_device
@@ -64,10 +62,6 @@ from dinov2.utils.config import ConfigError, fix_random_seeds, get_cfg_from_args
 
 logger = logging.getLogger("dinov2")
 
-PRECISION_KS = (1, 5, 10, 50, 100)
-# mAP@k depths reported beside mAP@all when evaluation.topk is not set (each only when below the database size).
-DEFAULT_MAP_DEPTHS = (100, 1000)
-HAMMING_RADIUS = 2
 # Deepest point of the precision@k curve and number of points on its log-spaced grid.
 CURVE_MAX_K = 1000
 CURVE_POINTS = 40
@@ -264,42 +258,6 @@ def precision_curve_depths(num_database: int, max_k: int = CURVE_MAX_K, points: 
     """Distinct integer depths from 1 to min(num_database, max_k), log-spaced (both ends included)."""
     top = min(num_database, max_k)
     return np.unique(np.round(np.geomspace(1, top, num=points)).astype(np.int64))
-
-
-def map_depths(topk: Optional[int], num_database: int) -> List[int]:
-    """The mAP@k depths to report: ``evaluation.topk`` if set, else those of DEFAULT_MAP_DEPTHS below N."""
-    if topk is not None:
-        if topk < 1:
-            raise ConfigError(f"evaluation.topk={topk} must be a positive depth or null (mAP@all)")
-        return [topk] if topk < num_database else []
-    return [k for k in DEFAULT_MAP_DEPTHS if k < num_database]
-
-
-def retrieval_metrics(
-    query_codes: np.ndarray, db_codes: np.ndarray, query_labels, db_labels, topk: Optional[int]
-) -> Dict[str, Any]:
-    """The metrics of metrics.json for binary codes ({-1,+1}).
-
-    Returns:
-        ``mAP@all``, ``mAP_tie_aware@all``, ``mAP@k`` and ``mAP_tie_aware@k`` for each depth of
-        ``map_depths``, ``P@k`` for k in PRECISION_KS up to N, ``precision_radius2``.
-    """
-    args = (query_codes, db_codes, query_labels, db_labels)
-    num_db = db_codes.shape[0]
-    metrics: Dict[str, Any] = {
-        "mAP@all": mean_average_precision(*args),
-        "mAP_tie_aware@all": tie_aware_mean_average_precision(*args),
-    }
-    for k in map_depths(topk, num_db):
-        metrics[f"mAP@{k}"] = mean_average_precision(*args, topk=k)
-        metrics[f"mAP_tie_aware@{k}"] = tie_aware_mean_average_precision(*args, topk=k)
-    ks = [k for k in PRECISION_KS if k <= num_db]
-    for k, value in zip(ks, precision_at_k(*args, k=ks)):
-        metrics[f"P@{k}"] = float(value)
-    metrics[f"precision_radius{HAMMING_RADIUS}"] = precision_within_radius(*args, radius=HAMMING_RADIUS)
-    return metrics
-
-
 
 
 def save_codes(path: str, db_codes, query_codes, db, queries, fingerprint: str, weights: str) -> str:

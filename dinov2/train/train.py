@@ -47,7 +47,8 @@ from dinov2.data import (
     make_classification_eval_transform,
     make_data_loader,
 )
-from dinov2.eval.encode import evaluate_codes, extract_codes
+from dinov2.eval.encode import extract_codes
+from dinov2.eval.metrics import evaluate_codes, selection_value
 from dinov2.fsdp import is_fsdp
 from dinov2.fsdp.checkpointer import AtomicPeriodicCheckpointer, FSDPCheckpointer, full_state_dict, has_fsdp_modules
 from dinov2.logging import MetricLogger, SmoothedValue, read_jsonl, setup_logging
@@ -469,8 +470,8 @@ class RetrievalEvaluator:
         return evaluate_codes(q, db, q_labels, db_labels, topk=self.cfg.evaluation.topk)
 
     def record(self, metrics: Dict[str, Any], iteration: int, **extra: Any) -> Dict[str, Any]:
-        """Append ``{"iteration", "mAP", ...metrics, "select_on", ...extra}`` to the metrics file (rank 0)."""
-        line = {"iteration": iteration, "mAP": metrics["mAP"], **metrics, "select_on": self.select_on, **extra}
+        """Append ``{"iteration", ...metrics, "select_on", ...extra}`` to the metrics file (rank 0)."""
+        line = {"iteration": iteration, **metrics, "select_on": self.select_on, **extra}
         # One whole line per append, flushed and synced: a kill leaves complete lines (a cut-off last
         # line is dropped on resume by drop_records_from).
         with open(self.metrics_file, "a", encoding="utf-8") as f:
@@ -705,7 +706,8 @@ def evaluate_and_keep_best(cfg, model, setup_: TrainingSetup, evaluator: Retriev
         The recorded line on rank 0, None elsewhere.
     """
     metrics = evaluator.evaluate(teacher_encoder(model, setup_))
-    mAP = torch.tensor([metrics["mAP"] if metrics is not None else 0.0], dtype=torch.float64)
+    selected = selection_value(metrics, cfg.evaluation.topk) if metrics is not None else 0.0
+    mAP = torch.tensor([selected], dtype=torch.float64)
     if distributed.is_enabled():
         # Rank 0 computed the metrics; every rank must agree on "improved" for the collective save.
         mAP = mAP.to(setup_.device)

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from dinov2.eval.encode import evaluate_codes, extract_codes
+from dinov2.eval.encode import extract_codes
+from dinov2.eval.metrics import evaluate_codes
 from dinov2.eval.hashing import binarize, mean_average_precision
 
 

@@ -145,7 +145,7 @@ CASES = [
 def test_map_matches_naive(case, topk, fused, monkeypatch):
     if fused and not hashing_kernels.available():
         pytest.skip("numba is not installed")
-    monkeypatch.setattr(hashing.metrics, "_USE_FUSED_KERNEL", fused)
+    monkeypatch.setattr(hashing.ranking, "_USE_FUSED_KERNEL", fused)
     q, db, ql, dl = random_case(*case)
     depth = {"N": len(db), "N+5": len(db) + 5}.get(topk, topk)
     expected = naive_map(q, db, ql, dl, depth)
@@ -156,7 +156,7 @@ def test_map_search_path_with_small_database_blocks(monkeypatch):
     # mAP@k for k << N goes through the chunked top-k search; tiny blocks make it merge many times
     q, db, ql, dl = random_case(7, 30, 400, 5, 4)
     monkeypatch.setattr(hashing.distances, "_TOPK_DB_CHUNK", 23)
-    monkeypatch.setattr(hashing.metrics, "_USE_FUSED_KERNEL", False)
+    monkeypatch.setattr(hashing.ranking, "_USE_FUSED_KERNEL", False)
     for topk in (1, 10, 50):
         assert abs(mean_average_precision(q, db, ql, dl, topk=topk) - naive_map(q, db, ql, dl, topk)) < TOL
         assert abs(precision_at_k(q, db, ql, dl, k=topk) - naive_precision_at_k(q, db, ql, dl, topk)) < TOL
@@ -225,7 +225,7 @@ def test_torch_primitives_match(monkeypatch):
         "r2": naive_precision_radius(q, db, ql, dl, 2),
     }
     tie_aware = tie_aware_mean_average_precision(q, db, ql, dl, topk=30)
-    for module in (hashing.codes, hashing.metrics):
+    for module in (hashing.codes, hashing.ranking):
         monkeypatch.setattr(module, "_native", lambda x, name: torch.as_tensor(x))
     tq, tdb, tql, tdl = (torch.from_numpy(a) for a in (q, db, ql, dl))
     # the patch routes CPU tensors to the torch primitives

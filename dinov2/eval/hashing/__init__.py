@@ -21,7 +21,7 @@ Modules, by concept:
 - ``codes``: input checks, ``binarize``, ``pack_codes`` / ``unpack_codes``;
 - ``backends``: the numpy and torch array primitives and the chunked, threaded query loop;
 - ``distances``: exact Hamming distances and the stable top-k search (``hamming_topk``);
-- ``metrics``: mAP and precision@k of the ranking;
+- ``ranking``: mAP and precision@k of the ranking;
 - ``distance_counts``: precision within a radius, the PR curve and the tie-aware mAP, computed from
   per-distance counts.
 """
@@ -29,7 +29,7 @@ Modules, by concept:
 from .codes import binarize, pack_codes, unpack_codes
 from .distance_counts import precision_recall_curve, precision_within_radius, tie_aware_mean_average_precision
 from .distances import hamming_distance, hamming_topk
-from .metrics import mean_average_precision, precision_at_k
+from .ranking import mean_average_precision, precision_at_k
 
 __all__ = [
     "binarize",

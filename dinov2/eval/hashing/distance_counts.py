@@ -10,7 +10,7 @@ import torch
 from .backends import _BLOCK_ELEMENTS, _chunks, _map_chunks
 from .codes import ArrayLike
 from .distances import Hamming
-from .metrics import Labels, _check_depth, _prepare
+from .ranking import Labels, _check_depth, _prepare
 
 
 def _bucket_counts(ham: Hamming, labels: Labels, rows: slice) -> torch.Tensor:
