@@ -22,7 +22,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check dinov2 tests scripts
-	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	# pytest exits with 5 when it collects no tests: that fails too.
+	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check dinov2 tests scripts
