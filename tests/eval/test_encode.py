@@ -4,8 +4,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dinov2.eval.encode import extract_codes
-from dinov2.eval.metrics import evaluate_codes
 from dinov2.eval.hashing import binarize, mean_average_precision
+from dinov2.eval.metrics import evaluate_codes
 
 
 class ToyImages(Dataset):
