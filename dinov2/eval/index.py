@@ -53,7 +53,7 @@ _HEADER = struct.Struct("<8sIIIIIIQQII8x")  # the fields above; 64 bytes
 _CRC_FIELDS = 52  # the header checksum covers the bytes before it
 MODES = ("flat", "mih", "auto")
 # From this many codes on, mode "auto" searches with multi-index hashing (see scripts/bench_index.py).
-AUTO_THRESHOLD = 100_000
+AUTO_THRESHOLD = 1_000_000
 # Longest substring of a table: its offsets take 2^len + 1 int64 (8 MiB at 20 bits).
 MAX_SUBSTRING_BITS = 20
 _CRC_CHUNK = 64 << 20
