@@ -81,9 +81,9 @@ def digits_set():
 
 def demo_sets(output_dir: str, weights: str) -> Dict[str, tuple]:
     """Demo pixels (and backbone CLS with weights) through the baselines tool's own feature code."""
+    from dinov2.data.builders import resolve_data_root
     from dinov2.eval import baselines
     from dinov2.eval.retrieval import make_dataset
-    from dinov2.train.train import resolve_data_root
     from dinov2.utils.config import get_cfg_from_args
 
     args = argparse.Namespace(

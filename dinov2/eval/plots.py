@@ -6,12 +6,16 @@ Agg canvas, without ``pyplot``: no global state is touched and no display is nee
 an optional dependency (the ``eval`` extra); it is imported when a plot is drawn.
 """
 
+import logging
 import os
 from typing import Sequence
 
 import numpy as np
 
+from dinov2.logging import read_jsonl
 from dinov2.utils.checkpoint import atomic_path
+
+logger = logging.getLogger("dinov2")
 
 # Frame colours of retrieved thumbnails: sharing the query's label or not.
 RELEVANT_COLOR = "#1a9850"
@@ -222,3 +226,16 @@ def plot_training_curves(training: Sequence[dict], evaluations: Sequence[dict], 
     if title:
         figure.suptitle(title, fontsize=11)
     return _save(figure, path)
+
+
+def draw_training_curves(output_dir: str, eval_metrics_file: str) -> str:
+    """Draw ``<output_dir>/training_curves.png`` from the metric files; "" without records or matplotlib."""
+    training = read_jsonl(os.path.join(output_dir, "training_metrics.json"))
+    if not training:
+        return ""
+    path = os.path.join(output_dir, "training_curves.png")
+    try:
+        return plot_training_curves(training, read_jsonl(eval_metrics_file), path, os.path.basename(output_dir))
+    except ImportError:
+        logger.warning("matplotlib is not installed: no training_curves.png (pip install -e '.[eval]')")
+        return ""

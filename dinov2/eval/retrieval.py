@@ -31,30 +31,32 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
-from dinov2.data import ClassFolderDataset, ImageLoadError, make_classification_eval_transform
+from dinov2.data import ClassFolderDataset, ImageLoadError
+from dinov2.data.builders import make_eval_dataset, resolve_data_root
 from dinov2.data.datasets import load_image_rgb
+from dinov2.distributed.devices import select_device
 from dinov2.eval.encode import extract_codes
-from dinov2.eval.hashing import (
-    binarize,
-    hamming_topk,
-    pack_codes,
-    precision_at_k,
-    precision_recall_curve,
-    unpack_codes,
-)
+from dinov2.eval.hashing import binarize, hamming_topk
 from dinov2.eval.metrics import retrieval_metrics
+from dinov2.eval.retrieval_outputs import (  # noqa: F401  (grid_query_indices and precision_curve_depths: used from here)
+    _pack,
+    draw_plots,
+    grid_query_indices,
+    load_cached_codes,
+    precision_curve_depths,
+    relative_files,
+    save_codes,
+    write_faiss_index,
+)
 from dinov2.logging import setup_logging
 from dinov2.models import build_hashing_network
-from dinov2.train.train import resolve_data_root, select_device
 from dinov2.utils.checkpoint import (
     CheckpointError,
     CheckpointFormatError,
-    atomic_path,
     atomic_write_text,
     read_checkpoint,
 )
@@ -62,11 +64,6 @@ from dinov2.utils.config import ConfigError, fix_random_seeds, get_cfg_from_args
 
 logger = logging.getLogger("dinov2")
 
-# Deepest point of the precision@k curve and number of points on its log-spaced grid.
-CURVE_MAX_K = 1000
-CURVE_POINTS = 40
-GRID_QUERIES = 6
-GRID_TOPK = 10
 # Config sections and keys that change the codes of a checkpoint: codes.npz is reused only under the same values.
 _FINGERPRINT_SECTIONS = ("student", "hash", "crops")
 _FINGERPRINT_DATA_KEYS = ("train_ratio", "val_ratio")
@@ -214,159 +211,16 @@ def build_network(cfg, weights: str, device: torch.device) -> Tuple[torch.nn.Mod
 
 def make_dataset(cfg, root: str, split: str) -> ClassFolderDataset:
     """One split of the dataset with the evaluation transform of ``crops.global_crops_size``."""
-    transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
     try:
-        return ClassFolderDataset(
-            root,
-            split,
-            cfg.data.train_ratio,
-            cfg.data.val_ratio,
-            transform=transform,
-            cache=cfg.train.cache_dataset,
-            # The transform first resizes the shorter side to this size: caching at it changes nothing.
-            cache_size=transform.transforms[0].size,
-        )
+        return make_eval_dataset(cfg, root, split)
     except ValueError as exc:
         # e.g. a train_ratio that leaves a class without database or query images
         raise RetrievalError(f"dataset '{root}', split {split}: {exc}") from None
 
 
-def relative_files(dataset: ClassFolderDataset) -> List[str]:
-    """The dataset's files relative to its root, "/"-separated (as in the split manifest)."""
-    return [os.path.relpath(path, dataset.root).replace(os.sep, "/") for path, _ in dataset.samples]
-
-
 def _encode(network, dataset, batch_size: int, cfg, device, desc: str):
     # Progress bars only on a terminal: in log files they would interleave with the log lines.
     return extract_codes(network, dataset, batch_size, cfg.evaluation.num_workers, device, sys.stderr.isatty(), desc)
-
-
-def _pack(codes: np.ndarray) -> np.ndarray:
-    """Pack +-1 codes [N, K] into bytes [N, ceil(K/8)]; -1 padding bits add no Hamming distance."""
-    padding = -codes.shape[1] % 8
-    if padding:
-        codes = np.concatenate([codes, -np.ones((codes.shape[0], padding), dtype=codes.dtype)], axis=1)
-    return pack_codes(codes)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Metrics and outputs
-# ---------------------------------------------------------------------------------------------------
-
-
-def precision_curve_depths(num_database: int, max_k: int = CURVE_MAX_K, points: int = CURVE_POINTS) -> np.ndarray:
-    """Distinct integer depths from 1 to min(num_database, max_k), log-spaced (both ends included)."""
-    top = min(num_database, max_k)
-    return np.unique(np.round(np.geomspace(1, top, num=points)).astype(np.int64))
-
-
-def save_codes(path: str, db_codes, query_codes, db, queries, fingerprint: str, weights: str) -> str:
-    """Write codes.npz: packed codes, labels, relative files of both sets, class names, bits, fingerprint."""
-    bits = db_codes.shape[1]
-    arrays = {
-        "db_codes": _pack(db_codes),
-        "query_codes": _pack(query_codes),
-        "db_labels": np.asarray(db.targets, dtype=np.int64),
-        "query_labels": np.asarray(queries.targets, dtype=np.int64),
-        "db_files": np.asarray(relative_files(db), dtype=str),
-        "query_files": np.asarray(relative_files(queries), dtype=str),
-        "class_names": np.asarray(db.classes, dtype=str),
-        "bits": np.asarray(bits, dtype=np.int64),
-        "weights": np.asarray(os.path.abspath(weights) if weights else "", dtype=str),
-        "fingerprint": np.asarray(fingerprint, dtype=str),
-    }
-    with atomic_path(path) as tmp_path, open(tmp_path, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    return path
-
-
-def write_faiss_index(path: str, packed_db_codes: np.ndarray, bits: int) -> Tuple[Optional[str], str]:
-    """Write a faiss IndexBinaryFlat of the packed database codes.
-
-    Returns:
-        (path or None, a note): None with the reason when faiss is not installed.
-    """
-    try:
-        import faiss
-    except ImportError:
-        note = "faiss is not installed (pip install 'sdsh[eval]'): database.faissindex was not written"
-        logger.warning(note)
-        return None, note
-    # faiss stores whole bytes; codes of K bits not a multiple of 8 are padded with zero bits.
-    index = faiss.IndexBinaryFlat(8 * packed_db_codes.shape[1])
-    index.add(np.ascontiguousarray(packed_db_codes))
-    with atomic_path(path) as tmp_path:
-        faiss.write_index_binary(index, tmp_path)
-    padded = 8 * packed_db_codes.shape[1] - bits
-    return path, f"IndexBinaryFlat of {index.ntotal} codes, {bits} bits" + (f" + {padded} zero bits" if padded else "")
-
-
-def grid_query_indices(labels: Sequence[int], count: int = GRID_QUERIES) -> List[int]:
-    """Deterministic queries for the retrieval grid, spread over classes.
-
-    The first query of each class in class order, then the second of each, and so on.
-    """
-    labels = np.asarray(labels)
-    position = np.zeros(len(labels), dtype=np.int64)
-    seen: Dict[int, int] = {}
-    for i, label in enumerate(labels.tolist()):
-        position[i] = seen.get(label, 0)
-        seen[label] = position[i] + 1
-    order = np.lexsort((labels, position))  # by position within the class, then by class
-    return order[:count].tolist()
-
-
-def _thumbnail(path: str, resize_crop) -> np.ndarray:
-    return np.asarray(resize_crop(load_image_rgb(path)))
-
-
-def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries) -> List[str]:
-    """The PR curve, the precision@k curve and the retrieval grid; returns the files written."""
-    from dinov2.eval.plots import plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
-
-    bits = d_bits.shape[1]
-    precision, recall = precision_recall_curve(q_bits, d_bits, q_labels, d_labels)
-    written = [
-        plot_precision_recall(
-            precision, recall, os.path.join(output_dir, "pr_curve.png"), f"Hamming-radius lookup, {bits}-bit codes"
-        )
-    ]
-    ks = precision_curve_depths(d_bits.shape[0])
-    values = np.atleast_1d(precision_at_k(q_bits, d_bits, q_labels, d_labels, k=ks.tolist()))
-    written.append(
-        plot_precision_at_k(
-            ks, values, os.path.join(output_dir, "precision_at_k.png"), f"Hamming ranking, {bits}-bit codes"
-        )
-    )
-
-    # Thumbnails show what the network saw: the evaluation resize and centre crop, without normalisation.
-    eval_transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
-    resize_crop = type(eval_transform)(eval_transform.transforms[:2])
-    chosen = grid_query_indices(queries.targets)
-    k = min(GRID_TOPK, d_bits.shape[0])
-    distances, neighbours = hamming_topk(q_bits[chosen], d_bits, k=k)
-    classes = db.classes
-    q_images = [_thumbnail(queries.samples[i][0], resize_crop) for i in chosen]
-    r_images = [[_thumbnail(db.samples[j][0], resize_crop) for j in row] for row in neighbours]
-    relevant = np.asarray(d_labels)[neighbours] == np.asarray(q_labels)[chosen][:, None]
-    q_titles = [f"query: {classes[queries.targets[i]]}" for i in chosen]
-    r_titles = [
-        [f"{classes[db.targets[j]]}\nd={d}" for j, d in zip(row, drow)] for row, drow in zip(neighbours, distances)
-    ]
-    written.append(
-        plot_retrieval_grid(
-            q_images,
-            r_images,
-            relevant,
-            os.path.join(output_dir, "retrieval_grid.png"),
-            q_titles,
-            r_titles,
-            title=f"top-{k} by Hamming distance ({bits} bits); green: same class, red: other class",
-        )
-    )
-    return written
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -456,21 +310,6 @@ def run_evaluation(args, cfg, root: str, device: torch.device) -> Optional[Dict[
     )
     logger.info(f"results in {output_dir}")
     return metrics
-
-
-def load_cached_codes(path: str, fingerprint: str, db_files: List[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """Database codes (+-1) and labels from codes.npz when written for the same fingerprint and files."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["fingerprint"]) != fingerprint or data["db_files"].tolist() != db_files:
-                logger.info(f"{path} was written for other weights, settings or files: encoding the database")
-                return None
-            return unpack_codes(data["db_codes"], int(data["bits"])), data["db_labels"]
-    except (OSError, KeyError, ValueError) as exc:
-        logger.warning(f"cannot reuse {path} ({type(exc).__name__}: {exc}): encoding the database")
-        return None
 
 
 def run_query(args, cfg, root: str, device: torch.device, out: Optional[TextIO] = None) -> List[Dict[str, Any]]:

@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import random
-from typing import Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -339,3 +339,60 @@ def setup(args, world_size: Optional[int] = None, rank: int = 0) -> DictConfig:
     if rank == 0:
         write_config(cfg, args.output_dir)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resuming: the checkpoints of an output directory belong to the config that wrote them
+# ---------------------------------------------------------------------------------------------------
+
+# Config sections whose values shape the model: a checkpoint is only resumed under the same values.
+MODEL_CONFIG_PREFIXES = ("student.", "hash.", "crops.", "dino.head_", "ibot.head_")
+
+
+# Keys of those sections that do not change a resumed model (the pretrained weights only initialise it).
+MODEL_CONFIG_EXEMPT = ("student.pretrained_weights",)
+
+
+def _flatten(cfg_dict: Dict, prefix: str = "") -> Dict[str, Any]:
+    flat = {}
+    for key, value in cfg_dict.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def model_config_differences(old_cfg, new_cfg) -> List[str]:
+    """Model-shaping keys (``MODEL_CONFIG_PREFIXES``) whose values differ, as ``key: old -> new``."""
+    old = _flatten(OmegaConf.to_container(old_cfg, resolve=True))
+    new = _flatten(OmegaConf.to_container(new_cfg, resolve=True))
+    keys = sorted(k for k in set(old) | set(new) if k.startswith(MODEL_CONFIG_PREFIXES) and k not in MODEL_CONFIG_EXEMPT)
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def has_resume_state(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds a ``last_checkpoint`` tag (of plain or sharded checkpoints)."""
+    return any(name.startswith("last_checkpoint") for name in os.listdir(output_dir)) if os.path.isdir(output_dir) else False
+
+
+def check_resume_config(new_cfg, output_dir: str) -> None:
+    """Refuse to resume the checkpoints of ``output_dir`` under a config that changes the model.
+
+    Raises:
+        ConfigError: naming the differing keys, when ``<output_dir>/config.yaml`` and a checkpoint exist.
+    """
+    saved = os.path.join(output_dir, "config.yaml")
+    if not (os.path.isfile(saved) and has_resume_state(output_dir)):
+        return
+    try:
+        old_cfg = OmegaConf.load(saved)
+    except Exception as exc:
+        raise ConfigError(f"cannot read {saved}, the config of the checkpoints in {output_dir}: {exc}") from exc
+    differences = model_config_differences(old_cfg, new_cfg)
+    if differences:
+        raise ConfigError(
+            f"the checkpoints in {output_dir} were trained with {saved}, which differs in keys that change the model: "
+            + "; ".join(differences)
+            + ". Resuming would load a checkpoint from another config: use another --output-dir, or keep these values"
+        )

@@ -6,7 +6,7 @@ interrupted. (With loader workers each worker has its own generators, which a ch
 capture: the data order is still resumed exactly, the random crops are not.)
 
 States are stored as tensors, integers and lists only, so checkpoints stay loadable with
-``torch.load(weights_only=True)``.
+``weights_only`` loading (``dinov2.utils.checkpoint.load_torch_file``).
 """
 
 import logging

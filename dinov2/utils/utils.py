@@ -113,7 +113,7 @@ def load_pretrained_weights(model: nn.Module, pretrained_weights: str, checkpoin
 
     Raises:
         CheckpointNotFoundError: no such file (a FileNotFoundError).
-        CheckpointFormatError: the file cannot be read by ``torch.load(weights_only=True)`` (a RuntimeError).
+        CheckpointFormatError: the file cannot be read with ``weights_only=True`` (a RuntimeError).
         ValueError: no state dict found, nothing matches the model, or a tensor has the wrong shape.
     """
     path = os.fspath(pretrained_weights)

@@ -1,0 +1,115 @@
+"""Datasets and loaders of a run: the dataset root (or the generated demo set), the evaluation
+splits and the multi-crop training loader."""
+
+import logging
+import os
+from functools import partial
+
+import torch
+
+from dinov2 import distributed
+from dinov2.utils.config import ConfigError
+
+from .augmentations import DataAugmentationDINO
+from .collate import collate_data_and_cast
+from .datasets import ClassFolderDataset
+from .demo import generate_demo_dataset
+from .loaders import make_data_loader
+from .masking import MaskingGenerator
+from .transforms import make_classification_eval_transform
+
+logger = logging.getLogger("dinov2")
+
+DEMO_ROOT = "demo"
+
+
+def resolve_data_root(cfg) -> str:
+    """``data.root``, or the demo dataset generated once under ``<output-dir>/demo_data`` for ``demo``."""
+    root = cfg.data.root
+    if not root:
+        raise ConfigError("data.root is empty: set it to a folder of class folders (or 'demo')")
+    if root != DEMO_ROOT:
+        return root
+    demo_root = os.path.join(cfg.train.output_dir, "demo_data")
+    if distributed.is_main_process():
+        generate_demo_dataset(
+            demo_root,
+            num_classes=cfg.data.demo_classes,
+            images_per_class=cfg.data.demo_images_per_class,
+            image_size=cfg.data.demo_image_size,
+        )
+    if distributed.is_enabled():
+        torch.distributed.barrier()
+    return demo_root
+
+
+def make_eval_dataset(cfg, root: str, split: str) -> ClassFolderDataset:
+    """One split of the dataset with the evaluation transform of ``crops.global_crops_size``.
+
+    Args:
+        cfg: the configuration (``data.*``, ``crops.global_crops_size``, ``train.cache_dataset``).
+        root: the dataset root.
+        split: ``train`` (the database), ``query`` or ``val``.
+    """
+    transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
+    return ClassFolderDataset(
+        root,
+        split,
+        cfg.data.train_ratio,
+        cfg.data.val_ratio,
+        transform=transform,
+        cache=cfg.train.cache_dataset,
+        # The transform first resizes the shorter side to this size: caching at it changes nothing.
+        cache_size=transform.transforms[0].size,
+    )
+
+
+def build_train_loader(cfg, root: str, input_dtype: torch.dtype, start_iter: int):
+    """The multi-crop training loader over the ``train`` split; also writes the split manifest (rank 0)."""
+    crops = cfg.crops
+    augmentation = DataAugmentationDINO(
+        crops.global_crops_scale,
+        crops.local_crops_scale,
+        crops.local_crops_number,
+        global_crops_size=crops.global_crops_size,
+        local_crops_size=crops.local_crops_size,
+    )
+    dataset = ClassFolderDataset(
+        root,
+        "train",
+        cfg.data.train_ratio,
+        cfg.data.val_ratio,
+        transform=augmentation,
+        cache=cfg.train.cache_dataset,
+        cache_size=cfg.data.cache_size,
+    )
+    if distributed.is_main_process():
+        manifest = dataset.write_manifest(os.path.join(cfg.train.output_dir, "split_manifest.csv"))
+        logger.info(f"split manifest: {manifest}")
+    patch = cfg.student.patch_size
+    if crops.global_crops_size % patch or crops.local_crops_size % patch:
+        raise ConfigError(
+            f"crops.global_crops_size={crops.global_crops_size} and crops.local_crops_size={crops.local_crops_size} "
+            f"must be multiples of student.patch_size={patch}"
+        )
+    grid = crops.global_crops_size // patch
+    mask_generator = MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid)
+    collate_fn = partial(
+        collate_data_and_cast,
+        mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
+        mask_probability=cfg.ibot.mask_sample_probability,
+        n_tokens=grid * grid,
+        mask_generator=mask_generator,
+        dtype=input_dtype,
+    )
+    batch_size = cfg.train.batch_size_per_gpu
+    return make_data_loader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=cfg.train.num_workers,
+        shuffle=True,
+        seed=cfg.train.seed,
+        sampler_advance=start_iter * batch_size,
+        drop_last=True,
+        collate_fn=collate_fn,
+    )

@@ -1,0 +1,164 @@
+"""What the retrieval tool writes besides metrics.json: codes.npz, the faiss index and the plots, and
+the reuse of codes.npz by a later search."""
+
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dinov2.data import ClassFolderDataset, make_classification_eval_transform
+from dinov2.data.datasets import load_image_rgb
+from dinov2.eval.hashing import hamming_topk, pack_codes, precision_at_k, precision_recall_curve, unpack_codes
+from dinov2.utils.checkpoint import atomic_path
+
+logger = logging.getLogger("dinov2")
+
+# Deepest point of the precision@k curve and number of points on its log-spaced grid.
+CURVE_MAX_K = 1000
+CURVE_POINTS = 40
+GRID_QUERIES = 6
+GRID_TOPK = 10
+
+
+def relative_files(dataset: ClassFolderDataset) -> List[str]:
+    """The dataset's files relative to its root, "/"-separated (as in the split manifest)."""
+    return [os.path.relpath(path, dataset.root).replace(os.sep, "/") for path, _ in dataset.samples]
+
+
+def _pack(codes: np.ndarray) -> np.ndarray:
+    """Pack +-1 codes [N, K] into bytes [N, ceil(K/8)]; -1 padding bits add no Hamming distance."""
+    padding = -codes.shape[1] % 8
+    if padding:
+        codes = np.concatenate([codes, -np.ones((codes.shape[0], padding), dtype=codes.dtype)], axis=1)
+    return pack_codes(codes)
+
+
+def precision_curve_depths(num_database: int, max_k: int = CURVE_MAX_K, points: int = CURVE_POINTS) -> np.ndarray:
+    """Distinct integer depths from 1 to min(num_database, max_k), log-spaced (both ends included)."""
+    top = min(num_database, max_k)
+    return np.unique(np.round(np.geomspace(1, top, num=points)).astype(np.int64))
+
+
+def save_codes(path: str, db_codes, query_codes, db, queries, fingerprint: str, weights: str) -> str:
+    """Write codes.npz: packed codes, labels, relative files of both sets, class names, bits, fingerprint."""
+    bits = db_codes.shape[1]
+    arrays = {
+        "db_codes": _pack(db_codes),
+        "query_codes": _pack(query_codes),
+        "db_labels": np.asarray(db.targets, dtype=np.int64),
+        "query_labels": np.asarray(queries.targets, dtype=np.int64),
+        "db_files": np.asarray(relative_files(db), dtype=str),
+        "query_files": np.asarray(relative_files(queries), dtype=str),
+        "class_names": np.asarray(db.classes, dtype=str),
+        "bits": np.asarray(bits, dtype=np.int64),
+        "weights": np.asarray(os.path.abspath(weights) if weights else "", dtype=str),
+        "fingerprint": np.asarray(fingerprint, dtype=str),
+    }
+    with atomic_path(path) as tmp_path, open(tmp_path, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def write_faiss_index(path: str, packed_db_codes: np.ndarray, bits: int) -> Tuple[Optional[str], str]:
+    """Write a faiss IndexBinaryFlat of the packed database codes.
+
+    Returns:
+        (path or None, a note): None with the reason when faiss is not installed.
+    """
+    try:
+        import faiss
+    except ImportError:
+        note = "faiss is not installed (pip install 'sdsh[eval]'): database.faissindex was not written"
+        logger.warning(note)
+        return None, note
+    # faiss stores whole bytes; codes of K bits not a multiple of 8 are padded with zero bits.
+    index = faiss.IndexBinaryFlat(8 * packed_db_codes.shape[1])
+    index.add(np.ascontiguousarray(packed_db_codes))
+    with atomic_path(path) as tmp_path:
+        faiss.write_index_binary(index, tmp_path)
+    padded = 8 * packed_db_codes.shape[1] - bits
+    return path, f"IndexBinaryFlat of {index.ntotal} codes, {bits} bits" + (f" + {padded} zero bits" if padded else "")
+
+
+def grid_query_indices(labels: Sequence[int], count: int = GRID_QUERIES) -> List[int]:
+    """Deterministic queries for the retrieval grid, spread over classes.
+
+    The first query of each class in class order, then the second of each, and so on.
+    """
+    labels = np.asarray(labels)
+    position = np.zeros(len(labels), dtype=np.int64)
+    seen: Dict[int, int] = {}
+    for i, label in enumerate(labels.tolist()):
+        position[i] = seen.get(label, 0)
+        seen[label] = position[i] + 1
+    order = np.lexsort((labels, position))  # by position within the class, then by class
+    return order[:count].tolist()
+
+
+def _thumbnail(path: str, resize_crop) -> np.ndarray:
+    return np.asarray(resize_crop(load_image_rgb(path)))
+
+
+def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries) -> List[str]:
+    """The PR curve, the precision@k curve and the retrieval grid; returns the files written."""
+    from dinov2.eval.plots import plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
+
+    bits = d_bits.shape[1]
+    precision, recall = precision_recall_curve(q_bits, d_bits, q_labels, d_labels)
+    written = [
+        plot_precision_recall(
+            precision, recall, os.path.join(output_dir, "pr_curve.png"), f"Hamming-radius lookup, {bits}-bit codes"
+        )
+    ]
+    ks = precision_curve_depths(d_bits.shape[0])
+    values = np.atleast_1d(precision_at_k(q_bits, d_bits, q_labels, d_labels, k=ks.tolist()))
+    written.append(
+        plot_precision_at_k(
+            ks, values, os.path.join(output_dir, "precision_at_k.png"), f"Hamming ranking, {bits}-bit codes"
+        )
+    )
+
+    # Thumbnails show what the network saw: the evaluation resize and centre crop, without normalisation.
+    eval_transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
+    resize_crop = type(eval_transform)(eval_transform.transforms[:2])
+    chosen = grid_query_indices(queries.targets)
+    k = min(GRID_TOPK, d_bits.shape[0])
+    distances, neighbours = hamming_topk(q_bits[chosen], d_bits, k=k)
+    classes = db.classes
+    q_images = [_thumbnail(queries.samples[i][0], resize_crop) for i in chosen]
+    r_images = [[_thumbnail(db.samples[j][0], resize_crop) for j in row] for row in neighbours]
+    relevant = np.asarray(d_labels)[neighbours] == np.asarray(q_labels)[chosen][:, None]
+    q_titles = [f"query: {classes[queries.targets[i]]}" for i in chosen]
+    r_titles = [
+        [f"{classes[db.targets[j]]}\nd={d}" for j, d in zip(row, drow)] for row, drow in zip(neighbours, distances)
+    ]
+    written.append(
+        plot_retrieval_grid(
+            q_images,
+            r_images,
+            relevant,
+            os.path.join(output_dir, "retrieval_grid.png"),
+            q_titles,
+            r_titles,
+            title=f"top-{k} by Hamming distance ({bits} bits); green: same class, red: other class",
+        )
+    )
+    return written
+
+
+def load_cached_codes(path: str, fingerprint: str, db_files: List[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Database codes (+-1) and labels from codes.npz when written for the same fingerprint and files."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["fingerprint"]) != fingerprint or data["db_files"].tolist() != db_files:
+                logger.info(f"{path} was written for other weights, settings or files: encoding the database")
+                return None
+            return unpack_codes(data["db_codes"], int(data["bits"])), data["db_labels"]
+    except (OSError, KeyError, ValueError) as exc:
+        logger.warning(f"cannot reuse {path} ({type(exc).__name__}: {exc}): encoding the database")
+        return None
