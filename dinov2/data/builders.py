@@ -4,6 +4,7 @@ splits and the multi-crop training loader."""
 import logging
 import os
 from functools import partial
+from typing import Optional
 
 import torch
 
@@ -24,10 +25,10 @@ DEMO_ROOT = "demo"
 
 
 def resolve_data_root(cfg) -> str:
-    """``data.root``, or the demo dataset generated once under ``<output-dir>/demo_data`` for ``demo``."""
-    root = cfg.data.root
+    """``train.data_path``, or the demo dataset generated once under ``<output-dir>/demo_data`` for ``demo``."""
+    root = cfg.train.data_path
     if not root:
-        raise ConfigError("data.root is empty: set it to a folder of class folders (or 'demo')")
+        raise ConfigError("train.data_path is empty: set it to a folder of class folders (or 'demo'), e.g. train.data_path=/data/AID")
     if root != DEMO_ROOT:
         return root
     demo_root = os.path.join(cfg.train.output_dir, "demo_data")
@@ -55,7 +56,7 @@ def make_eval_dataset(cfg, root: str, split: str) -> ClassFolderDataset:
     return ClassFolderDataset(
         root,
         split,
-        cfg.data.train_ratio,
+        cfg.train.train_ratio,
         cfg.data.val_ratio,
         transform=transform,
         cache=cfg.train.cache_dataset,
@@ -64,7 +65,33 @@ def make_eval_dataset(cfg, root: str, split: str) -> ClassFolderDataset:
     )
 
 
-def build_train_loader(cfg, root: str, input_dtype: torch.dtype, start_iter: int):
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def train_loader_workers(cfg, device: Optional[torch.device] = None) -> int:
+    """``train.num_workers``; a CPU-only run uses at most one worker per usable core (and logs it).
+
+    The YAML default stays the reference's 8 (sized for GPU nodes); on a CPU the training step
+    itself needs the cores, so more workers than cores only adds processes and memory.
+    """
+    requested = cfg.train.num_workers
+    if device is None or device.type != "cpu":
+        return requested
+    cores = usable_cpus()
+    if requested <= cores:
+        return requested
+    logger.info(
+        f"train.num_workers={requested} but this CPU-only run has {cores} usable CPU core(s): "
+        f"using {cores} loader worker(s); set train.num_workers to choose"
+    )
+    return cores
+
+
+def build_train_loader(cfg, root: str, input_dtype: torch.dtype, start_iter: int, device: Optional[torch.device] = None):
     """The multi-crop training loader over the ``train`` split; also writes the split manifest (rank 0)."""
     crops = cfg.crops
     augmentation = DataAugmentationDINO(
@@ -77,7 +104,7 @@ def build_train_loader(cfg, root: str, input_dtype: torch.dtype, start_iter: int
     dataset = ClassFolderDataset(
         root,
         "train",
-        cfg.data.train_ratio,
+        cfg.train.train_ratio,
         cfg.data.val_ratio,
         transform=augmentation,
         cache=cfg.train.cache_dataset,
@@ -106,7 +133,7 @@ def build_train_loader(cfg, root: str, input_dtype: torch.dtype, start_iter: int
     return make_data_loader(
         dataset,
         batch_size=batch_size,
-        num_workers=cfg.train.num_workers,
+        num_workers=train_loader_workers(cfg, device),
         shuffle=True,
         seed=cfg.train.seed,
         sampler_advance=start_iter * batch_size,

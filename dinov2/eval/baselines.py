@@ -32,7 +32,7 @@ _EXAMPLES = """examples:
 
   # "DINOv2 + ITQ": the CLS token of the public DINOv2 ViT-S/14 on AID, and pixels, at the paper's lengths
   python dinov2/eval/baselines.py --config-file configs/aid_64bit.yaml --output-dir runs/aid_baselines \\
-      --bits 16,32,48,64 --weights /w/dinov2_vits14_pretrain.pth data.root=/data/AID
+      --bits 16,32,48,64 --weights /w/dinov2_vits14_pretrain.pth train.data_path=/data/AID
 
   # the frozen backbone of a trained SDSH teacher
   python dinov2/eval/baselines.py --config-file configs/demo.yaml --output-dir outputs/demo_baselines \\
@@ -96,7 +96,7 @@ def get_args_parser(add_help: bool = True):
     )
     parser.add_argument(
         "opts",
-        help="config overrides as key=value (e.g. data.root=/data/AID)",
+        help="config overrides as key=value (e.g. train.data_path=/data/AID)",
         default=None,
         nargs=argparse.REMAINDER,
     )
@@ -280,6 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dinov2.logging import setup_logging
     from dinov2.utils.checkpoint import CheckpointError, CheckpointFormatError, atomic_write_text
     from dinov2.utils.config import ConfigError, get_cfg_from_args
+    from dinov2.utils.validation import check_run_inputs
 
     logger = logging.getLogger("dinov2")
     try:
@@ -295,12 +296,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise BaselineError(f"--pixel-size={args.pixel_size} must be a positive number of pixels")
         if args.batch_size is not None and args.batch_size < 1:
             raise BaselineError(f"--batch-size={args.batch_size} must be a positive number of images")
-        if args.weights and not os.path.isfile(args.weights):
-            raise FileNotFoundError(f"weights file not found: {args.weights}")
         kinds = feature_kinds(args.features, args.weights)
         cfg = get_cfg_from_args(args)
         if args.device:
             cfg.train.device = args.device
+        check_run_inputs(cfg, weights=args.weights, need_pretrained="backbone" in kinds and not args.weights)
         if "backbone" in kinds and not (args.weights or cfg.student.pretrained_weights):
             raise BaselineError(
                 "--features backbone needs --weights (DINOv2 backbone weights or an SDSH checkpoint) "

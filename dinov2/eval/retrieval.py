@@ -3,7 +3,7 @@
 Evaluation (the database is the ``train`` split, the queries the ``query`` split of the paper's protocol)::
 
     python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml \\
-        --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval data.root=/data/AID
+        --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval train.data_path=/data/AID
 
 writes to ``--output-dir``: ``metrics.json`` (the keys of ``dinov2.eval.metrics``: ``mAP`` = mAP@all,
 ``mAP@k``, ``mAP_tie_aware``, ``P@k``, ``precision_radius2``, counts; then paths and timing), ``codes.npz`` (packed binary codes, labels and relative file paths of
@@ -16,7 +16,7 @@ Search with one image (reuses ``codes.npz`` of ``--output-dir`` when it was writ
 weights, model and data settings; otherwise encodes the database first)::
 
     python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
-        --output-dir runs/aid64/retrieval --query /data/AID/Airport/airport_1.jpg --topk 10 data.root=/data/AID
+        --output-dir runs/aid64/retrieval --query /data/AID/Airport/airport_1.jpg --topk 10 train.data_path=/data/AID
 
 Several processes (torchrun or SLURM) share the encoding; every image is encoded exactly once::
 
@@ -61,17 +61,17 @@ from dinov2.utils.checkpoint import (
     read_checkpoint,
 )
 from dinov2.utils.config import ConfigError, fix_random_seeds, get_cfg_from_args
+from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
 
 # Config sections and keys that change the codes of a checkpoint: codes.npz is reused only under the same values.
 _FINGERPRINT_SECTIONS = ("student", "hash", "crops")
-_FINGERPRINT_DATA_KEYS = ("train_ratio", "val_ratio")
 
 _EXAMPLES = """examples:
   # evaluate a trained teacher on AID (metrics.json, codes.npz, database.faissindex, plots)
   python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml \\
-      --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval data.root=/data/AID
+      --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval train.data_path=/data/AID
 
   # the demo run of dinov2/train/train.py, evaluated on its generated dataset
   python dinov2/eval/retrieval.py --config-file configs/demo.yaml \\
@@ -79,11 +79,11 @@ _EXAMPLES = """examples:
 
   # the 10 nearest database images of one image (reuses codes.npz of --output-dir when it matches)
   python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
-      --output-dir runs/aid64/retrieval --query some_image.jpg --topk 10 data.root=/data/AID
+      --output-dir runs/aid64/retrieval --query some_image.jpg --topk 10 train.data_path=/data/AID
 
   # baseline: a randomly initialised hash head on the public DINOv2 backbone
   python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --random-weights \\
-      --output-dir runs/aid64/random data.root=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
+      --output-dir runs/aid64/random train.data_path=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
 
 --weights accepts this project's training checkpoints (model_*.pth) and teacher checkpoints, a
 teacher_checkpoint.pth of the reference SDSH code, or a bare DINOv2 backbone (random hash head).
@@ -134,7 +134,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     parser.add_argument(
         "opts",
-        help="config overrides as key=value (e.g. data.root=/data/AID hash.hash_bit=32)",
+        help="config overrides as key=value (e.g. train.data_path=/data/AID hash.hash_bit=32)",
         default=None,
         nargs=argparse.REMAINDER,
     )
@@ -183,7 +183,11 @@ def codes_fingerprint(cfg, weights: str, root: str) -> str:
         fingerprint["seed"] = cfg.train.seed
     for section in _FINGERPRINT_SECTIONS:
         fingerprint[section] = OmegaConf.to_container(cfg[section], resolve=True)
-    fingerprint["data"] = {"root": os.path.abspath(root), **{k: cfg.data[k] for k in _FINGERPRINT_DATA_KEYS}}
+    fingerprint["data"] = {
+        "root": os.path.abspath(root),
+        "train_ratio": cfg.train.train_ratio,
+        "val_ratio": cfg.data.val_ratio,
+    }
     return json.dumps(fingerprint, sort_keys=True)
 
 
@@ -290,7 +294,7 @@ def run_evaluation(args, cfg, root: str, device: torch.device) -> Optional[Dict[
             **weights_identity(args.weights),
             "checkpoint_format": fmt,
             "data_root": os.path.abspath(root),
-            "train_ratio": cfg.data.train_ratio,
+            "train_ratio": cfg.train.train_ratio,
             "val_ratio": cfg.data.val_ratio,
             "device": str(device),
             "world_size": distributed.get_global_size(),
@@ -386,6 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = get_cfg_from_args(args)
         if args.device:
             cfg.train.device = args.device
+        check_run_inputs(cfg, weights=args.weights, need_pretrained=not args.weights)
         output_dir = args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         setup_logging(

@@ -7,7 +7,7 @@ One process on the CPU::
 Several processes (torchrun or SLURM set the torch.distributed variables)::
 
     torchrun --nproc_per_node 8 dinov2/train/train.py --config-file configs/aid_64bit.yaml \\
-        --output-dir runs/aid64 student.pretrained_weights=/weights/dinov2_vits14_pretrain.pth data.root=/data/AID
+        --output-dir runs/aid64 student.pretrained_weights=/weights/dinov2_vits14_pretrain.pth train.data_path=/data/AID
 
 What a run writes to ``--output-dir``: ``config.yaml`` (the merged configuration), ``log.txt``,
 ``training_metrics.json`` (one JSON object per logged iteration), ``split_manifest.csv`` (the
@@ -46,6 +46,7 @@ from dinov2.train.setup import TrainingSetup
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
 from dinov2.utils.checkpoint import CheckpointError, drop_records_from
 from dinov2.utils.config import ConfigError, check_resume_config, get_cfg_from_args, has_resume_state, setup
+from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
 
@@ -55,7 +56,7 @@ _EXAMPLES = """examples:
 
   # AID, 64 bits, from the public DINOv2 ViT-S/14 weights, on 8 GPUs
   torchrun --nproc_per_node 8 dinov2/train/train.py --config-file configs/aid_64bit.yaml \\
-      --output-dir runs/aid64 data.root=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
+      --output-dir runs/aid64 train.data_path=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
 
   # evaluate the teacher of the last checkpoint of a run (or any checkpoint with MODEL.WEIGHTS=...)
   python dinov2/train/train.py --config-file configs/aid_64bit.yaml --output-dir runs/aid64 --eval-only
@@ -162,7 +163,7 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
         checkpointer, period=cfg.train.saveckp_freq * epoch_length, max_iter=max_iter, max_to_keep=3
     )
 
-    data_loader = build_train_loader(cfg, root, setup_.input_dtype, start_iter)
+    data_loader = build_train_loader(cfg, root, setup_.input_dtype, start_iter, setup_.device)
     metric_logger = MetricLogger(delimiter="  ", output_file=os.path.join(output_dir, "training_metrics.json"))
     for name in ("lr", "wd", "mom", "teacher_temp", "last_layer_lr"):
         # Schedules change every iteration: show the current value, in a format that keeps small lrs readable.
@@ -270,6 +271,8 @@ def main(args) -> Dict[str, Any]:
     setup_logging(output=output_dir, level=logging.INFO)
 
     preview = get_cfg_from_args(args)
+    # Before anything is written: the config's values and every file it names.
+    check_run_inputs(preview, need_pretrained=not (args.eval_only and preview.MODEL.WEIGHTS))
     if not args.no_resume or args.eval_only:
         check_resume_config(preview, output_dir)
     elif has_resume_state(output_dir):

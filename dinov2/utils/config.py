@@ -5,6 +5,7 @@ The configuration is the default YAML (``dinov2/configs/ssl_default_config.yaml`
 that is not in the default configuration is an error naming the key and where it came from.
 """
 
+import difflib
 import logging
 import math
 import os
@@ -43,6 +44,61 @@ def _compatible(expected, value) -> bool:
     return True
 
 
+# Earlier spellings of reference keys, read as the reference key with a warning (once per process);
+# only the reference key is ever written to a saved config.yaml.
+DEPRECATED_ALIASES = {"data.root": "train.data_path", "data.train_ratio": "train.train_ratio"}
+_warned_aliases = set()
+
+
+def _apply_aliases(override: DictConfig, source: str) -> DictConfig:
+    """``override`` with each deprecated alias moved onto its reference key (ConfigError if both differ)."""
+    container = OmegaConf.to_container(override)
+    changed = False
+    for old, new in DEPRECATED_ALIASES.items():
+        old_section, old_key = old.split(".")
+        new_section, new_key = new.split(".")
+        section = container.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        if not section:
+            container.pop(old_section)
+        target = container.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"config key '{new_section}' in {source} must be a mapping, got {target!r}")
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(
+                f"{source} sets both '{new}' ({target[new_key]!r}) and its deprecated alias '{old}' ({value!r}): keep '{new}'"
+            )
+        target[new_key] = value
+        changed = True
+        if old not in _warned_aliases:
+            _warned_aliases.add(old)
+            logger.warning(f"config key '{old}' (in {source}) is deprecated: it is read as '{new}', the reference key")
+    return OmegaConf.create(container) if changed else override
+
+
+def _leaf_paths(tree: Dict, prefix: str = "") -> List[str]:
+    paths = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        paths.append(path)
+        if isinstance(value, dict):
+            paths.extend(_leaf_paths(value, path + "."))
+    return paths
+
+
+def suggest_keys(path: str, known: Iterable[str], count: int = 3) -> List[str]:
+    """The known dotted keys closest to an unknown ``path`` (whole path first, then by last name)."""
+    known = list(known)
+    close = difflib.get_close_matches(path, known, n=count, cutoff=0.75)
+    leaf = path.rsplit(".", 1)[-1]
+    by_leaf = {k.rsplit(".", 1)[-1]: None for k in known}
+    for name in difflib.get_close_matches(leaf, list(by_leaf), n=count, cutoff=0.8):
+        close.extend(k for k in known if k.rsplit(".", 1)[-1] == name and k not in close)
+    return close[:count]
+
+
 def _check_known_keys(default: DictConfig, override: DictConfig, source: str) -> None:
     """Raise ConfigError for the first key of ``override`` that ``default`` does not declare."""
     default_c = OmegaConf.to_container(default)
@@ -53,8 +109,10 @@ def _check_known_keys(default: DictConfig, override: DictConfig, source: str) ->
             path = f"{prefix}{key}"
             if not isinstance(ref, dict) or key not in ref:
                 candidates = sorted(ref.keys()) if isinstance(ref, dict) else []
+                suggestions = suggest_keys(path, _leaf_paths(default_c))
+                hint = f"did you mean {' or '.join(suggestions)}? " if suggestions else ""
                 raise ConfigError(
-                    f"unknown config key '{path}' in {source}; "
+                    f"unknown config key '{path}' in {source}; {hint}"
                     f"known keys at this level: {', '.join(map(str, candidates)) or '(none)'}"
                 )
             expected = ref[key]
@@ -93,6 +151,7 @@ def merge_config(
             raise ConfigError(f"cannot parse config file {config_file}: {exc}") from exc
         if not isinstance(file_cfg, DictConfig):
             raise ConfigError(f"config file {config_file} must hold a mapping of keys, got {type(file_cfg).__name__}")
+        file_cfg = _apply_aliases(file_cfg, f"config file {config_file}")
         _check_known_keys(cfg, file_cfg, f"config file {config_file}")
         cfg = _merge(cfg, file_cfg, f"config file {config_file}")
     opts = list(opts or [])
@@ -104,9 +163,26 @@ def merge_config(
             opts_cfg = OmegaConf.from_dotlist(opts)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"cannot parse command-line options {opts}: {exc}") from exc
+        opts_cfg = _apply_aliases(opts_cfg, "command-line options")
         _check_known_keys(cfg, opts_cfg, "command-line options")
+        opts_cfg = _empty_strings_for_null(cfg, opts_cfg)
         cfg = _merge(cfg, opts_cfg, "command-line options")
     return cfg
+
+
+def _empty_strings_for_null(default: DictConfig, override: DictConfig) -> DictConfig:
+    """``key=`` on the command line parses as null: read it as '' where the default is a string."""
+
+    def walk(ref, new):
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(ref.get(key), dict):
+                walk(ref[key], value)
+            elif value is None and isinstance(ref.get(key), str):
+                new[key] = ""
+
+    container = OmegaConf.to_container(override)
+    walk(OmegaConf.to_container(default), container)
+    return OmegaConf.create(container)
 
 
 def _merge(cfg: DictConfig, override: DictConfig, source: str) -> DictConfig:
@@ -178,7 +254,7 @@ _FLOAT_RANGES = {
     "ibot.loss_weight": (0.0, None, True, False),
     "ibot.mask_sample_probability": (0.0, 1.0, True, True),
     "hash.loss_hash_reg": (0.0, None, True, False),
-    "data.train_ratio": (0.0, 1.0, False, False),
+    "train.train_ratio": (0.0, 1.0, False, False),
     "data.val_ratio": (0.0, 1.0, True, False),
     "student.drop_path_rate": (0.0, 1.0, True, False),
     "student.interpolate_offset": (0.0, None, True, False),

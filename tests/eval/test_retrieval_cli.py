@@ -51,7 +51,7 @@ OPTS = [
     "ibot.head_n_prototypes=32",
     "ibot.head_hidden_dim=32",
     "ibot.head_bottleneck_dim=16",
-    "data.train_ratio=0.5",
+    "train.train_ratio=0.5",
     "evaluation.batch_size=5",
     "evaluation.num_workers=0",
     "train.device=cpu",
@@ -75,7 +75,7 @@ def setting(tmp_path_factory, tiny_arch):
     meta = SSLMetaArch(cfg)
     weights = str(base / "teacher_checkpoint.pth")
     torch.save({"teacher": meta.teacher.state_dict()}, weights)
-    opts = OPTS + [f"data.root={root}"]
+    opts = OPTS + [f"train.data_path={root}"]
     out = base / "eval"
     code = retrieval.main(["--weights", weights, "--output-dir", str(out), "--device", "cpu"] + opts)
     assert code == 0
@@ -84,7 +84,7 @@ def setting(tmp_path_factory, tiny_arch):
 
 def datasets(cfg, root):
     transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
-    return (ClassFolderDataset(root, split, cfg.data.train_ratio, transform=transform) for split in ("train", "query"))
+    return (ClassFolderDataset(root, split, cfg.train.train_ratio, transform=transform) for split in ("train", "query"))
 
 
 def reference_codes(setting):
@@ -258,7 +258,7 @@ def test_a_class_without_query_images_exits_2_naming_it(setting, capsys, tmp_pat
         (root / name).mkdir(parents=True)
         for i in range(count):
             (root / name / f"{i}.png").write_bytes(b"")
-    opts = [o for o in setting["opts"] if not o.startswith("data.root")] + [f"data.root={root}"]
+    opts = [o for o in setting["opts"] if not o.startswith("train.data_path")] + [f"train.data_path={root}"]
     code = retrieval.main(["--weights", setting["weights"], "--output-dir", str(tmp_path / "o")] + opts)
     err = capsys.readouterr().err
     assert code == 2 and "class 'b'" in err and str(root) in err
@@ -267,7 +267,7 @@ def test_a_class_without_query_images_exits_2_naming_it(setting, capsys, tmp_pat
 def test_an_empty_dataset_root_exits_2_naming_it(setting, capsys, tmp_path):
     root = tmp_path / "empty"
     root.mkdir()
-    opts = [o for o in setting["opts"] if not o.startswith("data.root")] + [f"data.root={root}"]
+    opts = [o for o in setting["opts"] if not o.startswith("train.data_path")] + [f"train.data_path={root}"]
     code = retrieval.main(["--weights", setting["weights"], "--output-dir", str(tmp_path / "o")] + opts)
     err = capsys.readouterr().err
     assert code == 2 and str(root) in err and "no class folders" in err
@@ -275,8 +275,8 @@ def test_an_empty_dataset_root_exits_2_naming_it(setting, capsys, tmp_path):
 
 def test_random_weights_run_without_plots_on_the_demo_dataset(setting, tmp_path):
     out = tmp_path / "random"
-    opts = [o for o in setting["opts"] if not o.startswith("data.root")]
-    demo = ["data.root=demo", "data.demo_classes=3", "data.demo_images_per_class=4", "data.demo_image_size=32"]
+    opts = [o for o in setting["opts"] if not o.startswith("train.data_path")]
+    demo = ["train.data_path=demo", "data.demo_classes=3", "data.demo_images_per_class=4", "data.demo_image_size=32"]
     assert retrieval.main(["--random-weights", "--output-dir", str(out), "--no-plots"] + opts + demo) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["checkpoint_format"] == "random" and metrics["weights"] is None

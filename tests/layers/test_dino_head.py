@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dinov2.layers import DINOHead
 
-FIXTURES = Path(__file__).parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_forward_is_normalised_mlp_times_normalised_prototypes():

@@ -15,7 +15,7 @@ from dinov2.models.checkpoint_formats import (
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import merge_config
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def fixture_layout(name):

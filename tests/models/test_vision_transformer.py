@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dinov2.models.vision_transformer import DinoVisionTransformer, vit_small
 
-FIXTURES = Path(__file__).parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DEVICE = torch.device(os.environ.get("SDSH_TEST_DEVICE", "cpu"))
 PATCH = 7
 

@@ -43,7 +43,7 @@ def test_corrupt_training_image_stops_training_naming_the_file(tmp_path, tiny_ar
     (root / "class_1" / "img_0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     out = tmp_path / "run"
     with pytest.raises(ImageLoadError, match=r"class_1[/\\]img_0\.png"):
-        train_module.main(make_args(out, f"data.root={root}", f"train.num_workers={workers}"))
+        train_module.main(make_args(out, f"train.data_path={root}", f"train.num_workers={workers}"))
     assert not list(out.glob("model_*.pth"))
 
 
@@ -51,7 +51,7 @@ def test_corrupt_query_image_stops_the_evaluation_naming_the_file(tmp_path, tiny
     root = _write_dataset(tmp_path / "data")
     (root / "class_2" / "img_5.png").write_bytes(b"")  # a query: only the evaluation reads it
     with pytest.raises(ImageLoadError, match=r"class_2[/\\]img_5\.png"):
-        train_module.main(make_args(tmp_path / "run", f"data.root={root}"))
+        train_module.main(make_args(tmp_path / "run", f"train.data_path={root}"))
 
 
 def test_command_line_errors_exit_with_the_cause_named(tmp_path):
@@ -70,7 +70,7 @@ def test_empty_dataset_root_through_the_entry_point_names_it(tmp_path, tiny_arch
     empty = tmp_path / "empty_root"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="empty_root.*no class folders"):
-        train_module.main(make_args(tmp_path / "run", f"data.root={empty}"))
+        train_module.main(make_args(tmp_path / "run", f"train.data_path={empty}"))
 
 
 def test_command_line_error_leaves_an_earlier_config_untouched(tmp_path, tiny_arch):

@@ -47,7 +47,7 @@ FUZZED_KEYS = [
     "ibot.head_hidden_dim",
     "student.patch_size",
     "student.drop_path_rate",
-    "data.train_ratio",
+    "train.train_ratio",
     "data.val_ratio",
     "evaluation.topk",
     "evaluation.batch_size",

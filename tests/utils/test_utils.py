@@ -11,7 +11,7 @@ from torch import nn
 from dinov2.models.vision_transformer import DinoVisionTransformer, vit_small
 from dinov2.utils.utils import CosineScheduler, has_batchnorms, load_pretrained_weights
 
-FIXTURES = Path(__file__).parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VITS14_KEYS = FIXTURES / "dinov2_vits14_keys.json"
 needs_fixture = pytest.mark.skipif(not VITS14_KEYS.is_file(), reason="shared fixtures not present")
 

@@ -21,6 +21,8 @@ import submitit
 
 from dinov2.logging import setup_logging
 from dinov2.run.submit import check_args, get_args_parser, get_torch_distributed_env, submit_jobs
+from dinov2.utils.config import get_cfg_from_args
+from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
 
@@ -111,6 +113,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_args(args)
+        # The checks the job itself starts with, run before anything is queued.
+        cfg = get_cfg_from_args(argparse.Namespace(**vars(args)))
+        check_run_inputs(cfg, need_pretrained=not (getattr(args, "eval_only", False) and cfg.MODEL.WEIGHTS))
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
 

@@ -108,12 +108,13 @@ def test_main_submits_trainer_with_both_option_sets(monkeypatch, tmp_path, train
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
     argv = ["--nodes", "2", "--ngpus", "4", "--partition", "p", "--config-file", str(config)]
-    argv += ["--output-dir", str(tmp_path / "run"), "optim.epochs=1"]
+    argv += ["--output-dir", str(tmp_path / "run"), "optim.epochs=20", "train.data_path=demo"]
     assert launcher.main(argv) == 0
     [(task_class, args)] = submitted
     assert task_class is Trainer
     assert (args.nodes, args.ngpus, args.partition, args.timeout) == (2, 4, "p", 2800)
-    assert (args.config_file, args.output_dir, args.opts) == (str(config), str(tmp_path / "run"), ["optim.epochs=1"])
+    opts = ["optim.epochs=20", "train.data_path=demo"]
+    assert (args.config_file, args.output_dir, args.opts) == (str(config), str(tmp_path / "run"), opts)
 
 
 def test_main_rejects_invalid_options_before_submitting(monkeypatch, capsys, train_args_parser_factory):

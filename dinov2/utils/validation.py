@@ -1,0 +1,80 @@
+"""The one start-up check shared by every entry point: training, ``--eval-only``, the retrieval tool,
+the baselines tool and the SLURM launcher.
+
+``check_run_inputs`` runs before anything is written to the output directory. It checks the merged
+config's values (``validate_config``), then the files the run will read, in the order a user meets
+them: the pretrained backbone weights, an explicit checkpoint (``MODEL.WEIGHTS`` or ``--weights``),
+then the dataset root. Each problem is a ``ConfigError`` naming the key, the path and how to fix it.
+"""
+
+import os
+from typing import Optional
+
+from dinov2.utils.config import ConfigError, validate_config
+
+DEMO_DATA_PATH = "demo"
+
+
+class InputNotFoundError(ConfigError, FileNotFoundError):
+    """A file or folder that the config names is missing or of the wrong kind (also a FileNotFoundError)."""
+
+
+def _check_file(path: str, what: str, fix: str) -> None:
+    if os.path.isdir(path):
+        raise InputNotFoundError(f"{what} is a directory, not a file: {path}. {fix}")
+    if not os.path.isfile(path):
+        raise InputNotFoundError(f"{what} not found: {path}. {fix}")
+
+
+def check_data_path(data_path: Optional[str]) -> None:
+    """``train.data_path`` names a readable folder with at least one sub-folder (or is ``demo``)."""
+    if not data_path:
+        raise ConfigError(
+            "train.data_path is empty: set it to a folder of class folders, e.g. train.data_path=/data/AID "
+            "(or train.data_path=demo for the generated demo dataset)"
+        )
+    if data_path == DEMO_DATA_PATH:
+        return
+    if not os.path.isdir(data_path):
+        what = "is a file, not a folder" if os.path.exists(data_path) else "does not exist"
+        raise InputNotFoundError(
+            f"train.data_path={data_path} {what}: set train.data_path= to a folder with one sub-folder of images per class"
+        )
+    try:
+        entries = os.listdir(data_path)
+    except OSError as exc:
+        raise ConfigError(f"train.data_path={data_path} cannot be read: {exc}") from exc
+    if not any(os.path.isdir(os.path.join(data_path, name)) for name in entries):
+        raise InputNotFoundError(
+            f"train.data_path={data_path} has no class folders: it must hold one sub-folder of images per class"
+        )
+
+
+def check_run_inputs(cfg, weights: Optional[str] = None, need_data: bool = True, need_pretrained: bool = True) -> None:
+    """Check a merged config and the files it names before a run starts.
+
+    Args:
+        cfg: the merged configuration.
+        weights: a checkpoint the entry point will read (``--weights`` of the tools), if any.
+        need_data: whether the run reads ``train.data_path``.
+        need_pretrained: whether the run loads ``student.pretrained_weights`` (not when a full
+            checkpoint replaces the backbone anyway).
+    Raises:
+        ConfigError: the first problem, naming the key and the path.
+    """
+    validate_config(cfg)
+    pretrained = cfg.student.pretrained_weights
+    if need_pretrained and pretrained:
+        _check_file(
+            pretrained,
+            "student.pretrained_weights file",
+            "Pass student.pretrained_weights=/path/to/dinov2_vits14_pretrain.pth (the public DINOv2 ViT-S/14 "
+            "weights), or student.pretrained_weights= (empty) to train from random weights",
+        )
+    model_weights = cfg.MODEL.WEIGHTS
+    if model_weights:
+        _check_file(model_weights, "MODEL.WEIGHTS file", "Set MODEL.WEIGHTS= to a teacher_checkpoint.pth, or empty")
+    if weights:
+        _check_file(weights, "--weights file", "Pass the path of a teacher_checkpoint.pth or of DINOv2 weights")
+    if need_data:
+        check_data_path(cfg.train.data_path)
