@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from dinov2 import distributed
 
 from .samplers import EvalShardSampler, InfiniteSampler
+from .seeding import PositionedSampler, PositionSeededCollate, PositionSeededDataset
 
 logger = logging.getLogger("dinov2")
 
@@ -47,6 +48,10 @@ def make_data_loader(
     pin_memory: Optional[bool] = None,
 ) -> DataLoader:
     """Training loader: an endless stream of batches, each rank reading its own share of every epoch.
+
+    The randomness of each sample (and of each batch's collation) comes from its position in this
+    rank's stream (``dinov2.data.seeding``): the batches are the same with any number of workers and
+    after a resume at any iteration.
 
     Rank and world size come from ``torch.distributed`` when it is initialised, else 0 and 1. An
     exception in a worker (for instance ``ImageLoadError`` for a corrupt file) is re-raised by PyTorch
@@ -89,14 +94,14 @@ def make_data_loader(
     generator = torch.Generator()
     generator.manual_seed(int(np.random.SeedSequence([seed, rank, sampler_advance]).generate_state(1)[0]))
     return DataLoader(
-        dataset,
-        sampler=sampler,
+        PositionSeededDataset(dataset, seed, rank),
+        sampler=PositionedSampler(sampler, first_position=sampler_advance),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
         persistent_workers=persistent_workers and num_workers > 0,
-        collate_fn=collate_fn,
+        collate_fn=PositionSeededCollate(collate_fn, seed, rank),
         generator=generator,
     )
 

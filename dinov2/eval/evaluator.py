@@ -29,7 +29,7 @@ class _FSDPTeacherEncoder(torch.nn.Module):
         self.dtype = dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32):
+        with torch.autocast(images.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             out = self.backbone(images, is_training=True)
             return self.hash_head(out["x_norm_clstoken"], out["x_norm_patchtokens"], view="global")["codes"]
 

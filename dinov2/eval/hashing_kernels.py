@@ -11,7 +11,10 @@ The result equals the sort-based evaluation in ``dinov2.eval.hashing`` exactly u
 the floating-point additions inside each AP (differences of the order of 1e-16).
 """
 
+import contextlib
+
 import numpy as np
+import torch
 
 try:
     import numba
@@ -22,6 +25,22 @@ _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
 _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _H01 = np.uint64(0x0101010101010101)
+
+
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Put torch's intra-op thread count back after numba code.
+
+    numba's OpenMP threading layer sets the process's OpenMP thread count (torch's intra-op count)
+    to its own on its first parallel launch: without this, the first evaluation would change the
+    threads, and so the summation order of CPU kernels, of every later training step.
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def available() -> bool:

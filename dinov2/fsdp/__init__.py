@@ -79,7 +79,8 @@ def reshard_fsdp_model(module: nn.Module) -> None:
     from torch.distributed.fsdp._runtime_utils import _reshard
 
     for fsdp_module in get_fsdp_modules(module):
-        if fsdp_module._has_params:
+        # With one process FSDP turns SHARD_GRAD_OP into NO_SHARD: nothing is gathered, nothing to free.
+        if fsdp_module._has_params and fsdp_module._handle.uses_sharded_strategy:
             _reshard(fsdp_module, fsdp_module._handle, True)
 
 

@@ -81,6 +81,7 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x [..., in_dim]. Returns: prototype scores [..., out_dim]."""
         x = self.mlp(x)
-        eps = 1e-6 if x.dtype == torch.float16 else 1e-12
-        x = F.normalize(x, dim=-1, p=2, eps=eps)
+        # In fp32 whatever the compute dtype: the backward of the norm divides by |x|^3, which
+        # underflows to 0 in fp16 for |x| < 4e-3 and turns every gradient into NaN.
+        x = F.normalize(x.float(), dim=-1, p=2, eps=1e-12).to(x.dtype)
         return self.last_layer(x)

@@ -48,7 +48,7 @@ class SSLMetaArch(nn.Module):
         # Bad values stop here with their key named, before any module is built from them.
         validate_config(cfg)
         self.cfg = cfg
-        # Set by the training loop on CUDA with fp16 (ShardedGradScaler); None trains without scaling.
+        # Set by TrainingSetup for fp16 (GradScaler or ShardedGradScaler); None trains without scaling.
         self.fp16_scaler = None
 
         student_backbone, teacher_backbone, embed_dim = build_model_from_cfg(cfg)
@@ -306,6 +306,17 @@ class SSLMetaArch(nn.Module):
 
     def prepare_for_distributed_training(self) -> None:
         """Wrap each student and teacher sub-module in FSDP (needs an initialised process group)."""
+        precision = self.cfg.compute_precision
+        for k in self.student.keys():
+            student_dtype = precision.student[k].mixed_precision.param_dtype
+            teacher_dtype = precision.teacher[k].mixed_precision.param_dtype
+            if student_dtype != teacher_dtype:
+                # FSDP pads flat parameters to 16 bytes of the compute dtype: the EMA could not pair them.
+                raise ConfigError(
+                    f"compute_precision.student.{k}.mixed_precision.param_dtype={student_dtype} differs from "
+                    f"compute_precision.teacher.{k}.mixed_precision.param_dtype={teacher_dtype}: with FSDP the "
+                    "teacher is the EMA of the student unit by unit and needs the same param_dtype"
+                )
         logger.info("wrapping student and teacher sub-modules in FSDP")
         block_classes = set()
         from dinov2.models.vision_transformer import BlockChunk
@@ -316,7 +327,6 @@ class SSLMetaArch(nn.Module):
         device = next(self.student.parameters()).device
         for k in list(self.student.keys()):
             self.teacher[k].load_state_dict(self.student[k].state_dict())
-            precision = self.cfg.compute_precision
             wrap_student = get_fsdp_wrapper(precision.student[k], modules_to_wrap=block_classes, device_id=device)
             wrap_teacher = get_fsdp_wrapper(precision.teacher[k], modules_to_wrap=block_classes, device_id=device)
             self.student[k] = wrap_student(self.student[k])

@@ -17,10 +17,11 @@ evaluation) and ``eval/{best,last}/teacher_checkpoint.pth`` (the teacher with th
 
 Precision and distribution: CUDA with torch.distributed wraps every student/teacher module in FSDP
 (``compute_precision.*``) with a sharded grad scaler for fp16; one CUDA process trains plain modules
-under ``torch.autocast`` (GradScaler for fp16); the CPU trains in fp32. Several CPU processes (gloo)
-train plain replicas whose student gradients are averaged with all-reduce after each backward pass
-(the weights are broadcast from rank 0 first), which keeps the replicas, and so the EMA teachers,
-identical.
+under ``torch.autocast`` (GradScaler for fp16); the CPU trains in fp32, or with
+``compute_precision.cpu_mixed_precision=true`` through the same autocast and grad-scaler path. Several
+CPU processes (gloo) train plain replicas whose student gradients are averaged with all-reduce after
+each backward pass (the weights are broadcast from rank 0 first), which keeps the replicas, and so
+the EMA teachers, identical.
 """
 
 import argparse
@@ -36,13 +37,13 @@ from omegaconf import OmegaConf
 from dinov2 import distributed
 from dinov2.data import ImageLoadError
 from dinov2.data.builders import build_train_loader, resolve_data_root
-from dinov2.distributed.devices import average_gradients, select_device, use_fsdp
+from dinov2.distributed.devices import select_device, use_fsdp
 from dinov2.eval.evaluator import RetrievalEvaluator
 from dinov2.eval.selection import do_eval_only, evaluate_and_keep_best, finish
 from dinov2.fsdp.checkpointer import AtomicPeriodicCheckpointer, FSDPCheckpointer
 from dinov2.logging import MetricLogger, SmoothedValue, setup_logging
-from dinov2.train.optim import apply_optim_scheduler, build_optimizer, build_schedulers, clip_gradients
-from dinov2.train.setup import TrainingSetup
+from dinov2.train.optim import apply_optim_scheduler, build_optimizer, build_schedulers
+from dinov2.train.setup import NonFiniteGradientError, TrainingSetup
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
 from dinov2.utils.checkpoint import CheckpointError, drop_records_from
 from dinov2.utils.config import ConfigError, check_resume_config, get_cfg_from_args, has_resume_state, setup
@@ -165,12 +166,12 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
 
     data_loader = build_train_loader(cfg, root, setup_.input_dtype, start_iter, setup_.device)
     metric_logger = MetricLogger(delimiter="  ", output_file=os.path.join(output_dir, "training_metrics.json"))
-    for name in ("lr", "wd", "mom", "teacher_temp", "last_layer_lr"):
-        # Schedules change every iteration: show the current value, in a format that keeps small lrs readable.
+    scaler_meters = ("loss_scale", "step_skipped") if setup_.scaler is not None else ()
+    for name in ("lr", "wd", "mom", "teacher_temp", "last_layer_lr", *scaler_meters):
+        # These change every iteration: show the current value, in a format that keeps small lrs readable.
         metric_logger.add_meter(name, SmoothedValue(window_size=1, fmt="{value:.4g}"))
     eval_period = cfg.evaluation.eval_period_iterations
     clip = cfg.optim.clip_grad
-    plain_multiprocess = distributed.is_enabled() and not setup_.fsdp
     last_eval = None
     last_eval_iteration = -1
     iteration = start_iter
@@ -189,37 +190,29 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
         last_layer_lr = schedules["last_layer_lr"][iteration]
         apply_optim_scheduler(optimizer, lr, wd, last_layer_lr)
 
-        optimizer.zero_grad(set_to_none=True)
         try:
             # Every rank raises together: forward_backward agrees on finite losses before backward.
-            with setup_.autocast():
-                loss_dict = model.forward_backward(data, teacher_temp=teacher_temp)
+            result = setup_.train_step(optimizer, data, teacher_temp, momentum, clip)
         except NonFiniteLossError as exc:
             raise NonFiniteTrainingError(exc.term, iteration, exc.value, _last_checkpoint(checkpointer)) from exc
-        if plain_multiprocess:
-            average_gradients(model.student.values())
-        if setup_.scaler is not None:
-            if clip:
-                setup_.scaler.unscale_(optimizer)
-                clip_gradients(model, clip)
-            setup_.scaler.step(optimizer)
-            setup_.scaler.update()
-        else:
-            if clip:
-                for name, norm in clip_gradients(model, clip).items():
-                    # Without a grad scaler (which skips such steps itself), stepping would spread NaNs into the weights.
-                    if not math.isfinite(norm):
-                        raise NonFiniteTrainingError(
-                            f"gradient of student.{name}", iteration, norm, _last_checkpoint(checkpointer)
-                        )
-            optimizer.step()
-        model.update_teacher(momentum)
-
+        except NonFiniteGradientError as exc:
+            raise NonFiniteTrainingError(
+                f"gradient of student.{exc.module}", iteration, exc.norm, _last_checkpoint(checkpointer)
+            ) from exc
+        loss_dict = result.losses
+        if not result.stepped:
+            logger.warning(
+                f"iteration {iteration}: inf/NaN gradients; the grad scaler skipped the step and lowered its "
+                f"scale to {setup_.scaler.get_scale():g} (student and teacher unchanged)"
+            )
         losses = _reduce_losses(loss_dict)
         for term, value in losses.items():
             # Another rank's loss can be non-finite while this one's is fine.
             if not math.isfinite(value):
                 raise NonFiniteTrainingError(term, iteration, value, _last_checkpoint(checkpointer))
+        scaler_state = {}
+        if setup_.scaler is not None:
+            scaler_state = {"loss_scale": setup_.scaler.get_scale(), "step_skipped": int(not result.stepped)}
         metric_logger.update(
             lr=lr,
             wd=wd,
@@ -227,6 +220,7 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
             teacher_temp=teacher_temp,
             last_layer_lr=last_layer_lr,
             current_batch_size=data["collated_global_crops"].shape[0] // 2,
+            **scaler_state,
             **losses,
         )
 

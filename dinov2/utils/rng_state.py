@@ -1,9 +1,9 @@
 """Random-number-generator states of every process, in a form that checkpoints can hold.
 
-A resumed run continues the augmentation, masking and drop-path randomness where the checkpoint
-left it, so that with ``train.num_workers=0`` it ends with the same weights as a run that was never
-interrupted. (With loader workers each worker has its own generators, which a checkpoint does not
-capture: the data order is still resumed exactly, the random crops are not.)
+A resumed run continues the main process's randomness (drop path) where the checkpoint left it;
+the augmentations and masks depend only on each sample's stream position (``dinov2.data.seeding``),
+so with or without loader workers a resumed run ends with the same weights as a run that was never
+interrupted.
 
 States are stored as tensors, integers and lists only, so checkpoints stay loadable with
 ``weights_only`` loading (``dinov2.utils.checkpoint.load_torch_file``).

@@ -94,6 +94,63 @@ def test_worker_error_names_the_corrupt_file(make_tree, kind):
             pass
 
 
+def _augmented_batches(root, num_workers, advance, count, global_state_seed):
+    augment = DataAugmentationDINO((0.3, 1.0), (0.1, 0.5), 2, global_crops_size=16, local_crops_size=8)
+    dataset = ClassFolderDataset(root, "all", train_ratio=0.5, transform=augment)
+    batch_size = 3
+    loader = make_data_loader(
+        dataset, batch_size=batch_size, num_workers=num_workers, seed=7, sampler_advance=advance * batch_size,
+        collate_fn=_training_collate(),
+    )
+    # The main process's own streams must not matter (a resumed run restores them from a checkpoint).
+    torch.manual_seed(global_state_seed)
+    return list(itertools.islice(iter(loader), count))
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], torch.Tensor):
+                assert torch.equal(x[key], y[key]), key
+            else:
+                assert x[key] == y[key], key
+
+
+def test_training_batches_depend_only_on_their_stream_position(make_tree):
+    """Crops, flips, jitter and masks are the same with 0 or 2 workers and after a resume at batch 2."""
+    root = make_tree(LAYOUT)
+    reference = _augmented_batches(root, num_workers=0, advance=0, count=5, global_state_seed=0)
+    _assert_same_batches(_augmented_batches(root, num_workers=2, advance=0, count=5, global_state_seed=1), reference)
+    _assert_same_batches(_augmented_batches(root, num_workers=2, advance=2, count=3, global_state_seed=2), reference[2:])
+    _assert_same_batches(_augmented_batches(root, num_workers=0, advance=2, count=3, global_state_seed=3), reference[2:])
+    # The randomness is real: two batches of one epoch position differ, and so does another seed.
+    assert not torch.equal(reference[0]["collated_global_crops"][0], reference[0]["collated_global_crops"][3])
+
+
+def test_position_seeding_leaves_the_callers_random_streams_alone():
+    import random
+
+    import numpy as np
+
+    from dinov2.data.seeding import scoped_seed
+
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    expected = (torch.rand(2), random.random(), np.random.rand())
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    with scoped_seed(1, 2, 3):
+        inside = (torch.rand(2), random.random(), np.random.rand())
+    with scoped_seed(1, 2, 3):
+        assert torch.equal(torch.rand(2), inside[0]) and random.random() == inside[1] and np.random.rand() == inside[2]
+    after = (torch.rand(2), random.random(), np.random.rand())
+    assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
+
+
 def _gather_worker(rank, world_size, port, root, size):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)

@@ -438,3 +438,17 @@ def test_other_argument_errors():
         hamming_distance(np.array([[-1, 0, 1]]), np.array([[1, 1, 1]]))
     with pytest.raises(TypeError, match="torch.Tensor or numpy.ndarray"):
         hamming_distance([[1, -1]], np.array([[1, 1]]))
+
+
+@pytest.mark.skipif(not hashing_kernels.available(), reason="numba is not installed")
+def test_fused_kernel_leaves_torch_thread_count_alone():
+    """numba's OpenMP layer would otherwise set the process's thread count, changing later training steps."""
+    codes = np.sign(np.random.default_rng(0).standard_normal((12, 16)))
+    labels = np.arange(12) % 3
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mean_average_precision(codes, codes, labels, labels)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

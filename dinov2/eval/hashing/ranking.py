@@ -125,10 +125,12 @@ def _fused_average_precisions(ham: Hamming, labels: Labels, depth: int) -> np.nd
         q_labels, d_labels = (_words64(np.packbits(x > 0, axis=1, bitorder="little")) for x in (labels.query, labels.db))
     else:
         q_labels, d_labels = (x.astype(np.int64).reshape(-1, 1) for x in (labels.query, labels.db))
-    hashing_kernels.numba.set_num_threads(max(1, min(torch.get_num_threads(), hashing_kernels.numba.config.NUMBA_NUM_THREADS)))
-    return hashing_kernels.average_precisions(
-        _words64(ham.q_words), _words64(ham.d_words), q_labels, d_labels, labels.multi_hot, ham.num_bits, depth
-    )
+    with hashing_kernels.torch_threads_kept():
+        threads = max(1, min(torch.get_num_threads(), hashing_kernels.numba.config.NUMBA_NUM_THREADS))
+        hashing_kernels.numba.set_num_threads(threads)
+        return hashing_kernels.average_precisions(
+            _words64(ham.q_words), _words64(ham.d_words), q_labels, d_labels, labels.multi_hot, ham.num_bits, depth
+        )
 
 
 def mean_average_precision(

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Check the GPU paths of the trainer (precision steps, FSDP, a short run with evaluation, resume
+# after kill -9); prints a table and writes OUT_DIR/gpu_check.json. Exits non-zero on any failure.
+#   bash scripts/gpu_check.sh OUT_DIR                            # on a CUDA machine (under 8 minutes)
+#   SDSH_GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh OUT_DIR  # the same checks, tiny sizes, on the CPU
+set -euo pipefail
+if [ $# -ne 1 ]; then
+  echo "usage: [SDSH_GPU_CHECK_DEVICE=cpu] bash scripts/gpu_check.sh OUT_DIR" >&2
+  exit 2
+fi
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PYTHON:-python}"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+exec "$python" "$repo/scripts/gpu_check.py" "$1" --device "${SDSH_GPU_CHECK_DEVICE:-cuda}"
