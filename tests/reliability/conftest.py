@@ -35,9 +35,11 @@ def launcher(tmp_path):
 
 
 def subprocess_env():
-    """Environment of a training subprocess: one thread (deterministic and light on 2 cores)."""
+    """Environment of a training subprocess: one thread (deterministic and light on 2 cores), and this
+    checkout's ``dinov2`` first on the path (an installed copy elsewhere must not be the one tested)."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
