@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from dinov2 import distributed
 from dinov2.data.builders import make_eval_dataset
 from dinov2.eval.encode import extract_codes
-from dinov2.eval.metrics import evaluate_codes
+from dinov2.eval.metrics import evaluate_codes, selection_value
 from dinov2.fsdp.checkpointer import full_state_dict, has_fsdp_modules
 from dinov2.models.hashing_network import HashingNetwork
 from dinov2.utils.checkpoint import atomic_torch_save
@@ -60,6 +60,7 @@ class RetrievalEvaluator:
         self.test_queries = dataset("query") if self.select_on == "val" else None
         self.eval_dir = os.path.join(cfg.train.output_dir, "eval")
         self.metrics_file = os.path.join(self.eval_dir, "retrieval_metrics.jsonl")
+        self._chance: Dict[int, Dict[str, Any]] = {}
         if distributed.is_main_process():
             os.makedirs(self.eval_dir, exist_ok=True)
 
@@ -74,22 +75,37 @@ class RetrievalEvaluator:
         return db, q
 
     def evaluate(self, encoder: torch.nn.Module, queries=None) -> Optional[Dict[str, Any]]:
-        """Retrieval metrics of ``encoder`` (collective); rank 0 gets the metrics, the others None."""
+        """Retrieval metrics of ``encoder`` (collective); rank 0 gets the metrics, the others None.
+
+        The metrics are those of the schema (collapse statistics of the database codes included) plus
+        the chance level on the same split: ``random_codes_mAP`` and ``random_codes_mAP_tie_aware``.
+        """
         (db_codes, db_labels), (q_codes, q_labels) = self.encode(encoder, queries)
         if not distributed.is_main_process():
             return None
-        return evaluate_codes(q_codes, db_codes, q_labels, db_labels, topk=self.cfg.evaluation.topk)
+        metrics = evaluate_codes(q_codes, db_codes, q_labels, db_labels, topk=self.cfg.evaluation.topk)
+        chance = self.random_code_metrics(queries)
+        metrics["random_codes_mAP"] = chance["mAP"]
+        metrics["random_codes_mAP_tie_aware"] = chance["mAP_tie_aware"]
+        metrics["random_codes_selection_value"] = selection_value(chance, self.cfg.evaluation.topk)
+        return metrics
 
     def random_code_metrics(self, queries=None) -> Dict[str, Any]:
-        """Metrics of random +-1 codes (seeded by ``train.seed``) on the same split: the chance level."""
+        """Metrics of random +-1 codes (seeded by ``train.seed``) on the same split: the chance level.
+
+        Computed once per query set: the split and the seed do not change during a run.
+        """
         queries = self.queries if queries is None else queries
-        generator = torch.Generator().manual_seed(self.cfg.train.seed)
-        bits = self.cfg.hash.hash_bit
-        db = torch.randint(0, 2, (len(self.db), bits), generator=generator).float() * 2 - 1
-        q = torch.randint(0, 2, (len(queries), bits), generator=generator).float() * 2 - 1
-        db_labels = torch.as_tensor(self.db.targets)
-        q_labels = torch.as_tensor(queries.targets)
-        return evaluate_codes(q, db, q_labels, db_labels, topk=self.cfg.evaluation.topk)
+        key = id(queries)
+        if key not in self._chance:
+            generator = torch.Generator().manual_seed(self.cfg.train.seed)
+            bits = self.cfg.hash.hash_bit
+            db = torch.randint(0, 2, (len(self.db), bits), generator=generator).float() * 2 - 1
+            q = torch.randint(0, 2, (len(queries), bits), generator=generator).float() * 2 - 1
+            db_labels = torch.as_tensor(self.db.targets)
+            q_labels = torch.as_tensor(queries.targets)
+            self._chance[key] = evaluate_codes(q, db, q_labels, db_labels, topk=self.cfg.evaluation.topk)
+        return self._chance[key]
 
     def record(self, metrics: Dict[str, Any], iteration: int, **extra: Any) -> Dict[str, Any]:
         """Append ``{"iteration", ...metrics, "select_on", ...extra}`` to the metrics file (rank 0)."""

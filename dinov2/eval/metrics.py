@@ -9,13 +9,17 @@ key means the same number everywhere:
 - ``mAP@k`` and ``mAP_tie_aware@k``: the same at depth k, for each depth of ``map_depths``;
 - ``P@k``: precision among the first k ranked items, for k in ``PRECISION_KS`` up to the database size;
 - ``precision_radius2``: precision of Hamming-radius-2 lookup (an empty lookup counts 0);
-- ``topk`` (``evaluation.topk``, ``"all"`` when unset), ``num_queries``, ``num_database``, ``bits``.
+- ``topk`` (``evaluation.topk``, ``"all"`` when unset), ``num_queries``, ``num_database``, ``bits``;
+- the code-collapse statistics of the database codes (``dinov2.eval.hashing.collapse``):
+  ``distinct_codes``, ``distinct_codes_fraction``, ``largest_bucket_fraction``,
+  ``constant_bits_fraction``, ``bit_entropy`` and the verdict ``collapse`` (full, partial or ok).
 """
 
 from typing import Any, Dict, List, Optional
 
 from dinov2.eval.hashing import (
     binarize,
+    code_collapse_stats,
     mean_average_precision,
     precision_at_k,
     precision_within_radius,
@@ -52,7 +56,8 @@ def retrieval_metrics(
         topk: ``evaluation.topk`` (None: only the default depths below N).
     Returns:
         ``{"mAP", "mAP_tie_aware", "mAP@k", "mAP_tie_aware@k", "P@k", "precision_radius2", "topk",
-        "num_queries", "num_database", "bits"}``, numbers as Python floats and ints.
+        "num_queries", "num_database", "bits"}`` and the collapse statistics of ``db_codes``
+        (``COLLAPSE_KEYS``), numbers as Python floats and ints.
     """
     args = (query_codes, db_codes, query_labels, db_labels)
     num_db = int(db_codes.shape[0])
@@ -76,6 +81,7 @@ def retrieval_metrics(
             "bits": int(db_codes.shape[1]),
         }
     )
+    metrics.update(code_collapse_stats(db_codes))
     return metrics
 
 

@@ -41,6 +41,7 @@ from dinov2.data.datasets import load_image_rgb
 from dinov2.distributed.devices import select_device
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.hashing import binarize, hamming_topk
+from dinov2.eval.hashing.collapse import describe_collapse
 from dinov2.eval.metrics import retrieval_metrics
 from dinov2.eval.retrieval_outputs import (  # noqa: F401  (grid_query_indices and precision_curve_depths: used from here)
     _pack,
@@ -312,6 +313,9 @@ def run_evaluation(args, cfg, root: str, device: torch.device) -> Optional[Dict[
     logger.info(
         f"{metrics['bits']} bits, {metrics['num_queries']} queries, {metrics['num_database']} database: {summary}"
     )
+    if metrics["collapse"] != "ok":
+        label = "CODE COLLAPSE" if metrics["collapse"] == "full" else "partial code collapse"
+        logger.warning(f"{label} in the database codes: {describe_collapse(metrics, metrics['num_database'])}")
     logger.info(f"results in {output_dir}")
     return metrics
 

@@ -8,12 +8,13 @@ scores the selected model once on the test queries (``select_on=val``) and gives
 import json
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 
 from dinov2 import distributed
 from dinov2.eval.evaluator import RetrievalEvaluator, save_teacher_checkpoint, teacher_encoder
+from dinov2.eval.hashing.collapse import describe_collapse
 from dinov2.eval.metrics import selection_value
 from dinov2.eval.plots import draw_training_curves
 from dinov2.fsdp.checkpointer import FSDPCheckpointer
@@ -23,35 +24,91 @@ from dinov2.utils.checkpoint import atomic_write_text, load_torch_file
 logger = logging.getLogger("dinov2")
 
 
-def evaluate_and_keep_best(cfg, model, setup_, evaluator: RetrievalEvaluator, iteration: int, best):
+class Evaluation(NamedTuple):
+    """One training-time evaluation: the recorded line (rank 0; None elsewhere) and, on every rank,
+    whether its codes were fully collapsed."""
+
+    line: Optional[Dict[str, Any]]
+    full_collapse: bool
+
+
+def above_chance(metrics: Dict[str, Any], topk: Optional[int] = None) -> bool:
+    """Whether an evaluation can count as progress: codes not fully collapsed, and both the selection
+    value and the tie-aware mAP above those of random codes on the same split (``RetrievalEvaluator.evaluate``)."""
+    return (
+        metrics["collapse"] != "full"
+        and selection_value(metrics, topk) > metrics["random_codes_selection_value"]
+        and metrics["mAP_tie_aware"] > metrics["random_codes_mAP_tie_aware"]
+    )
+
+
+def report_collapse(metrics: Dict[str, Any], where: str) -> None:
+    """Log ``CODE COLLAPSE`` (full) or a partial-collapse warning with the figures; nothing when ok."""
+    verdict = metrics["collapse"]
+    if verdict == "ok":
+        return
+    figures = (
+        f"{describe_collapse(metrics, metrics['num_database'])}; mAP {metrics['mAP']:.4f}, tie-aware "
+        f"{metrics['mAP_tie_aware']:.4f}, random codes {metrics['random_codes_mAP']:.4f} (tie-aware "
+        f"{metrics['random_codes_mAP_tie_aware']:.4f})"
+    )
+    if verdict == "full":
+        logger.warning(
+            f"CODE COLLAPSE {where}: {figures}. The codes hardly separate the images: the ranking is mostly "
+            "ties, and the stable mAP reflects the database order"
+        )
+    else:
+        logger.warning(f"partial code collapse {where}: {figures}")
+
+
+def evaluate_and_keep_best(cfg, model, setup_, evaluator: RetrievalEvaluator, iteration: int, best) -> Evaluation:
     """Evaluate the teacher, record the line, write the last and (if improved) best teacher checkpoints.
 
-    Returns:
-        The recorded line on rank 0, None elsewhere.
+    Selection ranks evaluations above chance (``above_chance``) before all others, then by the
+    selection value: a collapsed or chance-level teacher never replaces one that beat chance, and
+    only an evaluation above chance is logged and recorded (``new_best``) as a new best. When no
+    evaluation has beaten chance, ``eval/best`` still holds the highest-scoring teacher.
+
+    Args:
+        best: ``{"mAP", "iteration", "above_chance"}`` of the best evaluation so far, updated in place.
     """
+    topk = cfg.evaluation.topk
     metrics = evaluator.evaluate(teacher_encoder(model, setup_.dtype))
-    selected = selection_value(metrics, cfg.evaluation.topk) if metrics is not None else 0.0
-    mAP = torch.tensor([selected], dtype=torch.float64)
+    if metrics is not None:
+        flags = [selection_value(metrics, topk), float(above_chance(metrics, topk)), float(metrics["collapse"] == "full")]
+    else:
+        flags = [0.0, 0.0, 0.0]
+    decided = torch.tensor(flags, dtype=torch.float64)
     if distributed.is_enabled():
         # Rank 0 computed the metrics; every rank must agree on "improved" for the collective save.
-        mAP = mAP.to(setup_.device)
-        torch.distributed.broadcast(mAP, src=0)
-    mAP = float(mAP.item())
+        decided = decided.to(setup_.device)
+        torch.distributed.broadcast(decided, src=0)
+    mAP, qualifies, full = float(decided[0].item()), bool(decided[1].item()), bool(decided[2].item())
+    improved = (qualifies, mAP) > (best["above_chance"], best["mAP"])
     line = None
     if metrics is not None:
-        line = evaluator.record(metrics, iteration)
+        line = evaluator.record(metrics, iteration, new_best=improved and qualifies)
         logger.info(
-            f"retrieval at iteration {iteration}: mAP {mAP:.4f} ({evaluator.select_on} queries, "
-            f"{metrics['bits']} bits, {metrics['num_queries']} queries, {metrics['num_database']} database)"
+            f"retrieval at iteration {iteration}: mAP {mAP:.4f} (tie-aware {metrics['mAP_tie_aware']:.4f}, random "
+            f"codes {metrics['random_codes_mAP']:.4f}; {evaluator.select_on} queries, {metrics['bits']} bits, "
+            f"{metrics['num_queries']} queries, {metrics['num_database']} database, {metrics['distinct_codes']} "
+            f"distinct database codes)"
         )
+        report_collapse(metrics, f"at iteration {iteration}")
     save_teacher_checkpoint(model, cfg, os.path.join(evaluator.eval_dir, "last", "teacher_checkpoint.pth"), mAP, iteration)
-    if mAP > best["mAP"]:
-        best["mAP"], best["iteration"] = mAP, iteration
+    if improved:
+        best["mAP"], best["iteration"], best["above_chance"] = mAP, iteration, qualifies
         save_teacher_checkpoint(
             model, cfg, os.path.join(evaluator.eval_dir, "best", "teacher_checkpoint.pth"), mAP, iteration
         )
-        logger.info(f"new best mAP {mAP:.4f} at iteration {iteration}")
-    return line
+        if qualifies:
+            logger.info(f"new best mAP {mAP:.4f} at iteration {iteration}")
+        else:
+            logger.warning(
+                f"mAP {mAP:.4f} at iteration {iteration} is the highest so far but not progress (codes collapsed or "
+                "not above the random-code level): kept in eval/best only until an evaluation beats chance"
+            )
+    return Evaluation(line, full)
 
 
 def do_eval_only(cfg, setup_, evaluator: RetrievalEvaluator, device) -> Dict[str, Any]:
@@ -79,7 +136,11 @@ def do_eval_only(cfg, setup_, evaluator: RetrievalEvaluator, device) -> Dict[str
     line = None
     if metrics is not None:
         line = evaluator.record(metrics, iteration, eval_only=True, weights=source)
-        logger.info(f"--eval-only {source}: mAP {metrics['mAP']:.4f} ({evaluator.select_on} queries)")
+        logger.info(
+            f"--eval-only {source}: mAP {metrics['mAP']:.4f} (tie-aware {metrics['mAP_tie_aware']:.4f}, random codes "
+            f"{metrics['random_codes_mAP']:.4f}; {evaluator.select_on} queries)"
+        )
+        report_collapse(metrics, f"in {source}")
     return {"eval": line, "weights": source}
 
 
@@ -96,9 +157,11 @@ def finish(cfg, evaluator: RetrievalEvaluator, summary: Dict[str, Any], device) 
     if not distributed.is_main_process():
         return summary
     chance = evaluator.random_code_metrics()
+    collapses = summary.get("collapse", [])
     summary.update(
         {
             "random_codes_mAP": chance["mAP"],
+            "random_codes_mAP_tie_aware": chance["mAP_tie_aware"],
             "test_query_mAP": test_line["mAP"] if test_line else None,
             "best_checkpoint": best_path if os.path.isfile(best_path) else "",
             "metrics_file": evaluator.metrics_file,
@@ -108,13 +171,29 @@ def finish(cfg, evaluator: RetrievalEvaluator, summary: Dict[str, Any], device) 
     atomic_write_text(os.path.join(evaluator.eval_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     summary["training_curves"] = draw_training_curves(cfg.train.output_dir, evaluator.metrics_file)
     last = summary.get("last_eval") or {}
+    best_note = "" if summary.get("best_above_chance", True) else " (no evaluation beat the random-code level)"
     lines = [
         "summary",
         f"  iterations: {summary['start_iteration']} -> {summary['last_iteration']} (of {summary['max_iter']})",
-        f"  best mAP ({evaluator.select_on} queries): {summary['best_mAP']:.4f} at iteration {summary['best_iteration']}",
-        f"  last mAP: {last['mAP']:.4f}" if last else "  last mAP: (no evaluation in this run)",
-        f"  random {cfg.hash.hash_bit}-bit codes mAP (chance level, same split): {chance['mAP']:.4f}",
+        f"  best mAP ({evaluator.select_on} queries): {summary['best_mAP']:.4f} at iteration {summary['best_iteration']}"
+        + best_note,
+        f"  last mAP: {last['mAP']:.4f} (tie-aware {last['mAP_tie_aware']:.4f})"
+        if last
+        else "  last mAP: (no evaluation in this run)",
+        f"  random {cfg.hash.hash_bit}-bit codes mAP (chance level, same split): {chance['mAP']:.4f} "
+        f"(tie-aware {chance['mAP_tie_aware']:.4f})",
     ]
+    if last:
+        lines.append(f"  last database codes: {last['collapse']} ({describe_collapse(last, last['num_database'])})")
+    for verdict, label in (("full", "CODE COLLAPSE"), ("partial", "partial code collapse")):
+        iterations = [c["iteration"] for c in collapses if c["collapse"] == verdict]
+        if iterations:
+            lines.append(
+                f"  {label} at {len(iterations)} of {len(collapses)} evaluations (iterations "
+                f"{', '.join(map(str, iterations))})"
+            )
+    if summary.get("stopped"):
+        lines.append(f"  stopped: {summary['stopped']}")
     if test_line:
         lines.append(f"  test-query mAP of the model selected on val: {test_line['mAP']:.4f}")
     lines += [

@@ -84,6 +84,10 @@ class NonFiniteTrainingError(RuntimeError):
         self.iteration = iteration
 
 
+class CodeCollapseError(RuntimeError):
+    """Training stopped by ``train.stop_on_collapse``; the summary and the checkpoints are written."""
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Command-line options of the training entry point.
 
@@ -154,6 +158,8 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
     state = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     start_iter = state.get("iteration", -1) + 1
     best = {"mAP": float(state.get("best_mAP", -1.0)), "iteration": int(state.get("best_iteration", -1))}
+    # Checkpoints written before selection knew the chance level: their best counts as above it.
+    best["above_chance"] = bool(state.get("best_above_chance", best["iteration"] >= 0))
     if start_iter > 0:
         logger.info(f"resumed at iteration {start_iter}; best mAP so far {best['mAP']:.4f} (iteration {best['iteration']})")
         if distributed.is_main_process():
@@ -175,14 +181,30 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
     last_eval = None
     last_eval_iteration = -1
     iteration = start_iter
+    collapses = []  # {"iteration", "collapse"} of this run's evaluations (rank 0)
+    collapsed_in_a_row = 0
+    stopped = ""
 
     def evaluate(it: int) -> None:
-        nonlocal last_eval, last_eval_iteration
-        last_eval = evaluate_and_keep_best(cfg, model, setup_, evaluator, it, best)
-        last_eval_iteration = it
+        nonlocal last_eval, last_eval_iteration, collapsed_in_a_row, stopped
+        result = evaluate_and_keep_best(cfg, model, setup_, evaluator, it, best)
+        last_eval, last_eval_iteration = result.line, it
+        if result.line is not None:
+            collapses.append({"iteration": it, "collapse": result.line["collapse"]})
+        collapsed_in_a_row = collapsed_in_a_row + 1 if result.full_collapse else 0
+        if cfg.train.stop_on_collapse and collapsed_in_a_row >= cfg.train.stop_on_collapse_evals:
+            stopped = (
+                f"train.stop_on_collapse: the teacher's database codes collapsed at {collapsed_in_a_row} evaluations in "
+                f"a row (last at iteration {it}, see {evaluator.metrics_file}); the run stops here. "
+                "Change the recipe (e.g. optim.base_lr, teacher temperatures, hash.loss_hash_reg) and start again"
+            )
+            logger.error(stopped)
 
     logger.info(f"starting training at iteration {start_iter} of {max_iter}")
     for data in metric_logger.log_every(data_loader, cfg.train.log_period, "Training", max_iter, start_iter):
+        if stopped:
+            # Here, not right after the evaluation: log_every writes the previous iteration's record first.
+            break
         lr = schedules["lr"][iteration]
         wd = schedules["wd"][iteration]
         momentum = schedules["momentum"][iteration]
@@ -226,7 +248,9 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
 
         if eval_period > 0 and (iteration + 1) % eval_period == 0:
             evaluate(iteration)
-        periodic_checkpointer.step(iteration, best_mAP=best["mAP"], best_iteration=best["iteration"])
+        periodic_checkpointer.step(
+            iteration, best_mAP=best["mAP"], best_iteration=best["iteration"], best_above_chance=best["above_chance"]
+        )
         iteration += 1
 
     trained = iteration > start_iter
@@ -239,7 +263,10 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
         "max_iter": max_iter,
         "best_mAP": best["mAP"],
         "best_iteration": best["iteration"],
+        "best_above_chance": best["above_chance"],
         "last_eval": last_eval,
+        "collapse": collapses,
+        "stopped": stopped,
         "last_checkpoint": _last_checkpoint(checkpointer),
     }
 
@@ -288,13 +315,18 @@ def main(args) -> Dict[str, Any]:
 
     setup_ = TrainingSetup(cfg, device, fsdp=use_fsdp(device))
     summary = do_train(cfg, setup_, evaluator, root, resume=not args.no_resume)
-    return finish(cfg, evaluator, summary, device)
+    summary = finish(cfg, evaluator, summary, device)
+    if summary["stopped"]:
+        raise CodeCollapseError(summary["stopped"])
+    return summary
 
 
 if __name__ == "__main__":
     try:
         main(get_args_parser(add_help=True).parse_args())
-    except (ConfigError, CheckpointError, ImageLoadError, FileNotFoundError, NonFiniteTrainingError) as error:
+    except (
+        ConfigError, CheckpointError, ImageLoadError, FileNotFoundError, NonFiniteTrainingError, CodeCollapseError
+    ) as error:
         # Expected failures (bad config, data or checkpoint, diverged loss) get their message, not a traceback.
         logger.error(str(error))
         print(f"error: {error}", file=sys.stderr)

@@ -201,6 +201,7 @@ _INT_RANGES = {
     "train.saveckp_freq": (1, 10**6),
     "train.num_workers": (0, 1024),
     "train.log_period": (1, 10**9),
+    "train.stop_on_collapse_evals": (1, 10**6),
     "train.seed": (0, 2**32 - 1),
     "optim.epochs": (1, 10**6),
     "optim.warmup_epochs": (0, 10**6),

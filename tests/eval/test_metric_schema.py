@@ -13,11 +13,13 @@ import torch
 
 from dinov2.eval import retrieval
 from dinov2.eval.hashing import (
+    code_collapse_stats,
     mean_average_precision,
     precision_at_k,
     precision_within_radius,
     tie_aware_mean_average_precision,
 )
+from dinov2.eval.hashing.collapse import COLLAPSE_KEYS
 from dinov2.eval.metrics import evaluate_codes, retrieval_metrics, selection_value
 from dinov2.logging import read_jsonl
 from dinov2.models import vision_transformer as vits
@@ -33,7 +35,11 @@ COUNT_KEYS = {"topk", "num_queries", "num_database", "bits"}
 
 def schema_part(metrics):
     """The keys of a metrics dict that the schema defines (the tool adds paths and timing, the trainer the iteration)."""
-    return {k: v for k, v in metrics.items() if k.startswith(("mAP", "P@", "precision_radius")) or k in COUNT_KEYS}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith(("mAP", "P@", "precision_radius")) or k in COUNT_KEYS or k in COLLAPSE_KEYS
+    }
 
 
 def random_case(num_queries=20, num_db=150, bits=12, classes=4, seed=0):
@@ -48,7 +54,7 @@ def test_retrieval_metrics_keys_and_values_are_those_of_the_library():
     metrics = retrieval_metrics(q, d, ql, dl)
     assert set(metrics) == {
         "mAP", "mAP_tie_aware", "mAP@100", "mAP_tie_aware@100",
-        "P@1", "P@5", "P@10", "P@50", "P@100", "precision_radius2", *COUNT_KEYS,
+        "P@1", "P@5", "P@10", "P@50", "P@100", "precision_radius2", *COUNT_KEYS, *COLLAPSE_KEYS,
     }  # fmt: skip
     assert metrics["mAP"] == mean_average_precision(q, d, ql, dl)
     assert metrics["mAP@100"] == mean_average_precision(q, d, ql, dl, topk=100)
@@ -56,6 +62,8 @@ def test_retrieval_metrics_keys_and_values_are_those_of_the_library():
     assert metrics["P@50"] == pytest.approx(precision_at_k(q, d, ql, dl, k=50), abs=1e-15)
     assert metrics["precision_radius2"] == precision_within_radius(q, d, ql, dl, radius=2)
     assert (metrics["topk"], metrics["num_queries"], metrics["num_database"], metrics["bits"]) == ("all", 20, 150, 12)
+    # collapse statistics describe the database codes
+    assert {k: metrics[k] for k in COLLAPSE_KEYS} == code_collapse_stats(d)
     # mAP is mAP@all whatever the reported depth; evaluation.topk only chooses the mAP@k depths
     at_7 = retrieval_metrics(q, d, ql, dl, topk=7)
     assert at_7["mAP"] == metrics["mAP"] and "mAP@100" not in at_7

@@ -23,16 +23,21 @@ Modules, by concept:
 - ``distances``: exact Hamming distances and the stable top-k search (``hamming_topk``);
 - ``ranking``: mAP and precision@k of the ranking;
 - ``distance_counts``: precision within a radius, the PR curve and the tie-aware mAP, computed from
-  per-distance counts.
+  per-distance counts;
+- ``collapse``: how much of the code space the codes use (distinct codes, largest bucket, constant
+  bits, bit entropy) and the collapse verdict.
 """
 
 from .codes import binarize, pack_codes, unpack_codes
+from .collapse import code_collapse_stats, collapse_verdict
 from .distance_counts import precision_recall_curve, precision_within_radius, tie_aware_mean_average_precision
 from .distances import hamming_distance, hamming_topk
 from .ranking import mean_average_precision, precision_at_k
 
 __all__ = [
     "binarize",
+    "code_collapse_stats",
+    "collapse_verdict",
     "hamming_distance",
     "hamming_topk",
     "mean_average_precision",
