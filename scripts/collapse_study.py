@@ -10,7 +10,7 @@ Builds small image sets in code (no downloads; none of them is the demo generato
 - ``gratings``: 6 classes of oriented sinusoidal gratings (2 orientations x 3 frequencies) with a
   random phase and tint, under heavy pixel noise.
 
-``--sets`` may also name ``demo``: the project's own generated demo data (``data.root=demo``), the
+``--sets`` may also name ``demo``: the project's own generated demo data (``train.data_path=demo``), the
 data the preset was first tuned on, for comparison.
 
 For each set it trains SDSH with ``configs/demo.yaml`` on the CPU (in this process; options after
@@ -143,7 +143,7 @@ def train_sdsh(data: str, output_dir: str, iterations: int, opts: List[str]) -> 
     epochs = max(1, iterations // 10)  # configs/demo.yaml: OFFICIAL_EPOCH_LENGTH 10
     args = train_module.get_args_parser().parse_args(
         ["--config-file", PRESET, "--output-dir", output_dir, "--no-resume",
-         f"data.root={data}", f"optim.epochs={epochs}", f"optim.warmup_epochs={min(5, epochs)}", *opts]
+         f"train.data_path={data}", f"optim.epochs={epochs}", f"optim.warmup_epochs={min(5, epochs)}", *opts]
     )  # fmt: skip
     summary = train_module.main(args)
     lines = [line for line in read_jsonl(summary["metrics_file"]) if "split" not in line]
@@ -155,7 +155,7 @@ def train_sdsh(data: str, output_dir: str, iterations: int, opts: List[str]) -> 
 def pixel_baselines(data: str, output_dir: str) -> Dict[str, Dict[str, float]]:
     """LSH and ITQ on 16x16 pixels of the same split, at the preset's code length."""
     argv = ["--config-file", PRESET, "--output-dir", output_dir, "--bits", str(BITS), "--methods", "lsh,itq",
-            f"data.root={data}", "train.num_workers=0", "evaluation.num_workers=0"]  # fmt: skip
+            f"train.data_path={data}", "train.num_workers=0", "evaluation.num_workers=0"]  # fmt: skip
     if baselines.main(argv) != 0:
         raise RuntimeError(f"baselines failed on {data}; see {output_dir}")
     with open(os.path.join(output_dir, "baselines.json")) as f:
