@@ -116,7 +116,7 @@ def test_ablation_file_merges_with_its_values(name, tmp_path):
         assert "pooling" not in text and cfg.hash.pooling == "awp"
 
 
-@pytest.mark.parametrize("name", ["config_regloss10", "config_wo_awp_reg_ibot_koleo.yaml", "config_koleoloss1.0"])
+@pytest.mark.parametrize("name", ABLATION_FILES)
 def test_ablation_files_train(name, tmp_path, tiny_arch):
     from dinov2.train import train as train_module
 
