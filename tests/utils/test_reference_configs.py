@@ -25,14 +25,7 @@ ADDED_POOLING_LINE = "  pooling: mean  # not in the reference file: its w/o-AWP 
 MACHINE_PATHS = {"train.data_path": "/home/datasets/AID", "student.pretrained_weights": "/dinov2_models/dinov2_vits14_pretrain.pth"}
 
 
-def _leaves(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+_leaves = config_module._flatten  # {"a.b": value} of a nested dict
 
 
 def _file_leaves(path):
