@@ -98,3 +98,35 @@ def export_torchrun_env(rank: int, world_size: int, port: int) -> None:
     )
     os.environ.pop("LOCAL_RANK", None)
     os.environ.pop("LOCAL_WORLD_SIZE", None)
+
+
+def synthetic_multicrop_batch(
+    global_size, local_size, n_local, patch, batch_size, seed, dtype, mask_ratio, mask_probability
+):
+    """A collated multi-crop batch of random crops (as the training loader yields), seeded."""
+    import random
+
+    import torch
+
+    from dinov2.data import MaskingGenerator, collate_data_and_cast
+
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for label in range(batch_size):
+        crops = {
+            "global_crops": [torch.randn(3, global_size, global_size, generator=g) for _ in range(2)],
+            "local_crops": [torch.randn(3, local_size, local_size, generator=g) for _ in range(n_local)],
+        }
+        crops["global_crops_teacher"] = crops["global_crops"]
+        samples.append((crops, label))
+    grid = global_size // patch
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return collate_data_and_cast(
+        samples,
+        mask_ratio_tuple=mask_ratio,
+        mask_probability=mask_probability,
+        dtype=dtype,
+        n_tokens=grid * grid,
+        mask_generator=MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid),
+    )

@@ -6,20 +6,26 @@ overflow steps), FSDP mixed precision and the ``compute_precision`` keys that ch
 """
 
 import json
-import random
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dinov2.data import MaskingGenerator, collate_data_and_cast
 from dinov2.models import vision_transformer as vits
 from dinov2.train import train as train_module
 from dinov2.train.setup import TrainingSetup
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import ConfigError, merge_config
 
-from ..conftest import TINY_ARCH, TINY_OPTS, export_torchrun_env, free_port, make_args, tiny_vit
+from ..conftest import (
+    TINY_ARCH,
+    TINY_OPTS,
+    export_torchrun_env,
+    free_port,
+    make_args,
+    synthetic_multicrop_batch,
+    tiny_vit,
+)
 
 CPU = torch.device("cpu")
 GLOBAL, LOCAL, N_LOCAL, PATCH = 32, 16, 2, 8  # as TINY_OPTS
@@ -38,26 +44,7 @@ def make_cfg(*opts):
 
 
 def make_batch(dtype, seed=0, batch_size=4):
-    g = torch.Generator().manual_seed(seed)
-    samples = []
-    for label in range(batch_size):
-        crops = {
-            "global_crops": [torch.randn(3, GLOBAL, GLOBAL, generator=g) for _ in range(2)],
-            "local_crops": [torch.randn(3, LOCAL, LOCAL, generator=g) for _ in range(N_LOCAL)],
-        }
-        crops["global_crops_teacher"] = crops["global_crops"]
-        samples.append((crops, label))
-    grid = GLOBAL // PATCH
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return collate_data_and_cast(
-        samples,
-        mask_ratio_tuple=(0.1, 0.5),
-        mask_probability=0.5,
-        dtype=dtype,
-        n_tokens=grid * grid,
-        mask_generator=MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid),
-    )
+    return synthetic_multicrop_batch(GLOBAL, LOCAL, N_LOCAL, PATCH, batch_size, seed, dtype, (0.1, 0.5), 0.5)
 
 
 def snapshot(module):

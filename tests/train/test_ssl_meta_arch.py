@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov2.data import MaskingGenerator, collate_data_and_cast
 from dinov2.models import vision_transformer as vits
 from dinov2.train.ssl_meta_arch import NonFiniteLossError, SSLMetaArch
 from dinov2.utils.config import ConfigError, merge_config
+
+from ..conftest import synthetic_multicrop_batch
 
 GLOBAL, LOCAL, PATCH = 28, 14, 7
 N_LOCAL = 2
@@ -46,28 +47,7 @@ def tiny_cfg(*opts):
 
 
 def make_batch(batch_size=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    samples = []
-    for label in range(batch_size):
-        crops = {
-            "global_crops": [torch.randn(3, GLOBAL, GLOBAL, generator=g) for _ in range(2)],
-            "local_crops": [torch.randn(3, LOCAL, LOCAL, generator=g) for _ in range(N_LOCAL)],
-        }
-        crops["global_crops_teacher"] = crops["global_crops"]
-        samples.append((crops, label))
-    grid = GLOBAL // PATCH
-    torch.manual_seed(seed)
-    import random
-
-    random.seed(seed)
-    return collate_data_and_cast(
-        samples,
-        mask_ratio_tuple=(0.1, 0.6),
-        mask_probability=1.0,
-        dtype=torch.float32,
-        n_tokens=grid * grid,
-        mask_generator=MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid),
-    )
+    return synthetic_multicrop_batch(GLOBAL, LOCAL, N_LOCAL, PATCH, batch_size, seed, torch.float32, (0.1, 0.6), 1.0)
 
 
 def cross_entropy(teacher_probs, student_logits, temp=0.1):
