@@ -68,6 +68,8 @@ def make_data_loader(
         collate_fn: batch collation, e.g. ``functools.partial(collate_data_and_cast, ...)``.
         persistent_workers: keep workers alive between iterators.
         pin_memory: page-locked batches; None pins when CUDA is available.
+        shard: read only this rank's shard; False reads the whole dataset in this process (a caller
+            that gives each rank its own datasets).
 
     Returns:
         A ``DataLoader`` with an ``InfiniteSampler``.
@@ -111,6 +113,7 @@ def make_eval_data_loader(
     batch_size: int,
     num_workers: int,
     pin_memory: Optional[bool] = None,
+    shard: bool = True,
 ) -> DataLoader:
     """Evaluation loader over this rank's exact shard; batches are ``(images, labels, indices)``.
 
@@ -122,13 +125,15 @@ def make_eval_data_loader(
         batch_size: samples per batch.
         num_workers: loader worker processes.
         pin_memory: page-locked batches; None pins when CUDA is available.
+        shard: read only this rank's shard; False reads the whole dataset in this process (a caller
+            that gives each rank its own datasets).
 
     Returns:
         A finite ``DataLoader``.
     """
     if not isinstance(dataset, IndexedDataset):
         dataset = IndexedDataset(dataset)
-    rank, world_size = distributed.get_global_rank(), distributed.get_global_size()
+    rank, world_size = (distributed.get_global_rank(), distributed.get_global_size()) if shard else (0, 1)
     sampler = EvalShardSampler(len(dataset), rank, world_size)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

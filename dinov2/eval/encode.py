@@ -27,6 +27,7 @@ def extract_codes(
     device: torch.device,
     progress: bool = True,
     desc: str = "encoding",
+    shard: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Continuous codes of every image of ``dataset``, in dataset order, on every rank.
 
@@ -38,10 +39,12 @@ def extract_codes(
         device: where the model runs; images are moved there.
         progress: show a progress bar on rank 0.
         desc: progress bar label.
+        shard: share the dataset among the ranks and gather the codes; False encodes all of it in this
+            process, without any collective call (each rank may then encode a dataset of its own).
     Returns:
         codes float32 [N, K] and labels [N] (or [N, C] multi-hot), both on the CPU.
     """
-    loader = make_eval_data_loader(dataset, batch_size=batch_size, num_workers=num_workers)
+    loader = make_eval_data_loader(dataset, batch_size=batch_size, num_workers=num_workers, shard=shard)
     codes, labels, indices = [], [], []
     iterator = loader
     if progress and get_global_rank() == 0:
@@ -58,6 +61,10 @@ def extract_codes(
             indices.append(torch.as_tensor(batch_indices).to(device))
     finally:
         model.train(was_training)
+    if not shard:
+        if not codes:
+            return torch.empty(0, _code_length(model)), torch.empty(0, dtype=torch.long)
+        return torch.cat(codes).cpu(), torch.cat(labels).cpu()
     if codes:
         local_codes, local_labels, local_indices = torch.cat(codes), torch.cat(labels), torch.cat(indices)
     else:

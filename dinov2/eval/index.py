@@ -310,3 +310,11 @@ class BinaryIndex:
         index._buffer = codes
         index._n = int(count)
         return index
+
+
+if __name__ == "__main__":
+    import sys
+
+    from dinov2.eval.index_cli import main
+
+    sys.exit(main())
