@@ -13,7 +13,7 @@ from dinov2.utils.config import ConfigError
 
 from .augmentations import DataAugmentationDINO
 from .collate import collate_data_and_cast
-from .datasets import ClassFolderDataset
+from .datasets import SplitImageDataset, open_image_source
 from .demo import generate_demo_dataset
 from .loaders import make_data_loader
 from .masking import MaskingGenerator
@@ -44,25 +44,45 @@ def resolve_data_root(cfg) -> str:
     return demo_root
 
 
-def make_eval_dataset(cfg, root: str, split: str) -> ClassFolderDataset:
+def data_source(cfg, root: str) -> str:
+    """``data.source`` (the generated demo dataset is always class folders)."""
+    return "class_folders" if cfg.train.data_path == DEMO_ROOT else cfg.data.source
+
+
+def open_dataset(cfg, root: str, split: str, transform, cache_size) -> SplitImageDataset:
+    """One split of the run's image source (``data.source``) with ``transform``."""
+    try:
+        return open_image_source(
+            root,
+            data_source(cfg, root),
+            split,
+            cfg.train.train_ratio,
+            cfg.data.val_ratio,
+            transform=transform,
+            cache=cfg.train.cache_dataset,
+            cache_size=cache_size,
+        )
+    except ValueError as exc:
+        # Split rules that cannot be met and unusable list lines name the file; say which keys lead there.
+        raise ConfigError(f"train.data_path={cfg.train.data_path} (data.source={data_source(cfg, root)}): {exc}") from None
+
+
+def is_labeled(cfg, root: str) -> bool:
+    """Whether the run's images have labels (an unlabeled source trains without retrieval evaluation)."""
+    return open_image_source(root, data_source(cfg, root), "all", cfg.train.train_ratio, cfg.data.val_ratio).labeled
+
+
+def make_eval_dataset(cfg, root: str, split: str) -> SplitImageDataset:
     """One split of the dataset with the evaluation transform of ``crops.global_crops_size``.
 
     Args:
         cfg: the configuration (``data.*``, ``crops.global_crops_size``, ``train.cache_dataset``).
-        root: the dataset root.
+        root: the dataset root (or image list file).
         split: ``train`` (the database), ``query`` or ``val``.
     """
     transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
-    return ClassFolderDataset(
-        root,
-        split,
-        cfg.train.train_ratio,
-        cfg.data.val_ratio,
-        transform=transform,
-        cache=cfg.train.cache_dataset,
-        # The transform first resizes the shorter side to this size: caching at it changes nothing.
-        cache_size=transform.transforms[0].size,
-    )
+    # The transform first resizes the shorter side to this size: caching at it changes nothing.
+    return open_dataset(cfg, root, split, transform, transform.transforms[0].size)
 
 
 def usable_cpus() -> int:
@@ -101,15 +121,7 @@ def build_train_loader(cfg, root: str, input_dtype: torch.dtype, start_iter: int
         global_crops_size=crops.global_crops_size,
         local_crops_size=crops.local_crops_size,
     )
-    dataset = ClassFolderDataset(
-        root,
-        "train",
-        cfg.train.train_ratio,
-        cfg.data.val_ratio,
-        transform=augmentation,
-        cache=cfg.train.cache_dataset,
-        cache_size=cfg.data.cache_size,
-    )
+    dataset = open_dataset(cfg, root, "train", augmentation, cfg.data.cache_size)
     if distributed.is_main_process():
         manifest = dataset.write_manifest(os.path.join(cfg.train.output_dir, "split_manifest.csv"))
         logger.info(f"split manifest: {manifest}")

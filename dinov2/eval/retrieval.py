@@ -35,9 +35,9 @@ import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
-from dinov2.data import ClassFolderDataset, ImageLoadError
+from dinov2.data import ImageLoadError
 from dinov2.data.builders import make_eval_dataset, resolve_data_root
-from dinov2.data.datasets import load_image_rgb
+from dinov2.data.datasets import SplitImageDataset, load_image_rgb
 from dinov2.distributed.devices import select_device
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.hashing import binarize, hamming_topk
@@ -214,7 +214,7 @@ def build_network(cfg, weights: str, device: torch.device) -> Tuple[torch.nn.Mod
     return network.to(device).eval(), fmt
 
 
-def make_dataset(cfg, root: str, split: str) -> ClassFolderDataset:
+def make_dataset(cfg, root: str, split: str) -> SplitImageDataset:
     """One split of the dataset with the evaluation transform of ``crops.global_crops_size``."""
     try:
         return make_eval_dataset(cfg, root, split)
@@ -360,7 +360,7 @@ def run_query(args, cfg, root: str, device: torch.device, out: Optional[TextIO] 
             "rank": rank + 1,
             "distance": int(distance),
             "file": db.samples[index][0],
-            "class": db.classes[int(db_labels[index])],
+            "class": ";".join(db.label_names(int(index))),
         }
         for rank, (distance, index) in enumerate(zip(distances[0], neighbours[0]))
     ]

@@ -7,8 +7,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dinov2.data import ClassFolderDataset, make_classification_eval_transform
-from dinov2.data.datasets import load_image_rgb
+from dinov2.data import make_classification_eval_transform
+from dinov2.data.datasets import SplitImageDataset, load_image_rgb
 from dinov2.eval.hashing import hamming_topk, pack_codes, precision_at_k, precision_recall_curve, unpack_codes
 from dinov2.utils.checkpoint import atomic_path
 
@@ -21,9 +21,14 @@ GRID_QUERIES = 6
 GRID_TOPK = 10
 
 
-def relative_files(dataset: ClassFolderDataset) -> List[str]:
+def relative_files(dataset: SplitImageDataset) -> List[str]:
     """The dataset's files relative to its root, "/"-separated (as in the split manifest)."""
-    return [os.path.relpath(path, dataset.root).replace(os.sep, "/") for path, _ in dataset.samples]
+    return dataset.relative_files()
+
+
+def first_labels(dataset: SplitImageDataset) -> List[int]:
+    """The first label of every sample (the class of a single-label set)."""
+    return [entry.labels[0] for entry in dataset.entries]
 
 
 def _pack(codes: np.ndarray) -> np.ndarray:
@@ -124,16 +129,18 @@ def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, que
     # Thumbnails show what the network saw: the evaluation resize and centre crop, without normalisation.
     eval_transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
     resize_crop = type(eval_transform)(eval_transform.transforms[:2])
-    chosen = grid_query_indices(queries.targets)
+    chosen = grid_query_indices(first_labels(queries))
     k = min(GRID_TOPK, d_bits.shape[0])
     distances, neighbours = hamming_topk(q_bits[chosen], d_bits, k=k)
-    classes = db.classes
     q_images = [_thumbnail(queries.samples[i][0], resize_crop) for i in chosen]
     r_images = [[_thumbnail(db.samples[j][0], resize_crop) for j in row] for row in neighbours]
-    relevant = np.asarray(d_labels)[neighbours] == np.asarray(q_labels)[chosen][:, None]
-    q_titles = [f"query: {classes[queries.targets[i]]}" for i in chosen]
+    # Relevant: at least one shared label (the class, for a single-label set).
+    relevant = np.array(
+        [[bool(set(queries.entries[i].labels) & set(db.entries[j].labels)) for j in row] for i, row in zip(chosen, neighbours)]
+    )
+    q_titles = [f"query: {';'.join(queries.label_names(i))}" for i in chosen]
     r_titles = [
-        [f"{classes[db.targets[j]]}\nd={d}" for j, d in zip(row, drow)] for row, drow in zip(neighbours, distances)
+        [f"{';'.join(db.label_names(j))}\nd={d}" for j, d in zip(row, drow)] for row, drow in zip(neighbours, distances)
     ]
     written.append(
         plot_retrieval_grid(

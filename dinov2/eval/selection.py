@@ -144,8 +144,10 @@ def do_eval_only(cfg, setup_, evaluator: RetrievalEvaluator, device) -> Dict[str
     return {"eval": line, "weights": source}
 
 
-def finish(cfg, evaluator: RetrievalEvaluator, summary: Dict[str, Any], device) -> Dict[str, Any]:
+def finish(cfg, evaluator: Optional[RetrievalEvaluator], summary: Dict[str, Any], device) -> Dict[str, Any]:
     """Test-query score of the selected model (select_on=val), chance level, and the printed summary."""
+    if evaluator is None:
+        return _finish_unlabeled(cfg, summary)
     best_path = os.path.join(evaluator.eval_dir, "best", "teacher_checkpoint.pth")
     test_line = None
     if evaluator.test_queries is not None and os.path.isfile(best_path):
@@ -203,5 +205,25 @@ def finish(cfg, evaluator: RetrievalEvaluator, summary: Dict[str, Any], device) 
     ]
     if summary["training_curves"]:
         lines.append(f"  training curves: {summary['training_curves']}")
+    logger.info("\n".join(lines))
+    return summary
+
+
+def _finish_unlabeled(cfg, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """The summary of a run on unlabeled images: no retrieval metrics, the teacher to index."""
+    if not distributed.is_main_process():
+        return summary
+    eval_dir = os.path.join(cfg.train.output_dir, "eval")
+    last = os.path.join(eval_dir, "last", "teacher_checkpoint.pth")
+    summary.update({"labeled": False, "last_teacher": last if os.path.isfile(last) else "", "output_dir": cfg.train.output_dir})
+    os.makedirs(eval_dir, exist_ok=True)
+    atomic_write_text(os.path.join(eval_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    lines = [
+        "summary",
+        f"  iterations: {summary['start_iteration']} -> {summary['last_iteration']} (of {summary['max_iter']})",
+        "  no retrieval evaluation: the images have no labels",
+        f"  last teacher: {summary['last_teacher'] or '(none)'}",
+        f"  last checkpoint: {summary['last_checkpoint'] or '(none)'}",
+    ]
     logger.info("\n".join(lines))
     return summary

@@ -29,16 +29,16 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
 from dinov2.data import ImageLoadError
-from dinov2.data.builders import build_train_loader, resolve_data_root
+from dinov2.data.builders import build_train_loader, is_labeled, resolve_data_root
 from dinov2.distributed.devices import select_device, use_fsdp
-from dinov2.eval.evaluator import RetrievalEvaluator
+from dinov2.eval.evaluator import RetrievalEvaluator, save_teacher_checkpoint
 from dinov2.eval.selection import do_eval_only, evaluate_and_keep_best, finish
 from dinov2.fsdp.checkpointer import AtomicPeriodicCheckpointer, FSDPCheckpointer
 from dinov2.logging import MetricLogger, SmoothedValue, setup_logging
@@ -137,8 +137,11 @@ def _reduce_losses(loss_dict: Dict[str, torch.Tensor]) -> Dict[str, float]:
     return dict(zip(names, values.tolist()))
 
 
-def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: str, resume: bool) -> Dict[str, Any]:
+def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator], root: str, resume: bool) -> Dict[str, Any]:
     """The training loop with periodic checkpoints and retrieval evaluations of the teacher.
+
+    Without an evaluator (unlabeled images), every evaluation period only writes the teacher to
+    ``eval/last/teacher_checkpoint.pth``.
 
     Returns:
         A summary: best mAP and its iteration, last iteration, last evaluation, paths.
@@ -187,6 +190,12 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: RetrievalEvaluator, root: st
 
     def evaluate(it: int) -> None:
         nonlocal last_eval, last_eval_iteration, collapsed_in_a_row, stopped
+        if evaluator is None:
+            # Unlabeled images: no retrieval metrics, but the teacher is kept for indexing.
+            last = os.path.join(output_dir, "eval", "last", "teacher_checkpoint.pth")
+            save_teacher_checkpoint(model, cfg, last, float("nan"), it)
+            last_eval_iteration = it
+            return
         result = evaluate_and_keep_best(cfg, model, setup_, evaluator, it, best)
         last_eval, last_eval_iteration = result.line, it
         if result.line is not None:
@@ -307,7 +316,20 @@ def main(args) -> Dict[str, Any]:
     device = select_device(cfg)
     logger.info(f"device: {device}, {distributed.get_global_size()} process(es)")
     root = resolve_data_root(cfg)
-    evaluator = RetrievalEvaluator(cfg, root, device)
+    if is_labeled(cfg, root):
+        evaluator = RetrievalEvaluator(cfg, root, device)
+    elif args.eval_only:
+        raise ConfigError(
+            f"--eval-only needs labelled images, but train.data_path={cfg.train.data_path} (data.source="
+            f"{cfg.data.source}) has no labels"
+        )
+    else:
+        evaluator = None
+        logger.warning(
+            f"train.data_path={cfg.train.data_path} (data.source={cfg.data.source}) has no labels: training without "
+            "retrieval evaluation; the teacher is written to eval/last/teacher_checkpoint.pth at every "
+            "evaluation.eval_period_iterations and at the end (index it with dinov2/eval/index.py)"
+        )
 
     if args.eval_only:
         setup_ = None if cfg.MODEL.WEIGHTS else TrainingSetup(cfg, device, fsdp=use_fsdp(device))

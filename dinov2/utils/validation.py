@@ -26,8 +26,9 @@ def _check_file(path: str, what: str, fix: str) -> None:
         raise InputNotFoundError(f"{what} not found: {path}. {fix}")
 
 
-def check_data_path(data_path: Optional[str]) -> None:
-    """``train.data_path`` names a readable folder with at least one sub-folder (or is ``demo``)."""
+def check_data_path(data_path: Optional[str], source: str = "class_folders") -> None:
+    """``train.data_path`` names what ``data.source`` reads (or is ``demo``): a readable folder with at
+    least one sub-folder (class folders), a folder (folder tree), a file (image list) or either (auto)."""
     if not data_path:
         raise ConfigError(
             "train.data_path is empty: set it to a folder of class folders, e.g. train.data_path=/data/AID "
@@ -35,18 +36,33 @@ def check_data_path(data_path: Optional[str]) -> None:
         )
     if data_path == DEMO_DATA_PATH:
         return
+    if source == "image_list" or (source == "auto" and os.path.isfile(data_path)):
+        if os.path.isdir(data_path):
+            raise InputNotFoundError(
+                f"train.data_path={data_path} is a folder but data.source=image_list reads a list file: give the "
+                "list's path, or set data.source=class_folders (or folder_tree)"
+            )
+        if not os.path.isfile(data_path):
+            raise InputNotFoundError(f"train.data_path={data_path}: image list file not found (data.source=image_list)")
+        return
     if not os.path.isdir(data_path):
-        what = "is a file, not a folder" if os.path.exists(data_path) else "does not exist"
+        if os.path.exists(data_path):
+            raise InputNotFoundError(
+                f"train.data_path={data_path} is a file, not a folder: for an image list set data.source=image_list, "
+                "otherwise set train.data_path= to a folder with one sub-folder of images per class"
+            )
         raise InputNotFoundError(
-            f"train.data_path={data_path} {what}: set train.data_path= to a folder with one sub-folder of images per class"
+            f"train.data_path={data_path} does not exist: set train.data_path= to a folder with one sub-folder of "
+            "images per class (or a list file with data.source=image_list)"
         )
     try:
         entries = os.listdir(data_path)
     except OSError as exc:
         raise ConfigError(f"train.data_path={data_path} cannot be read: {exc}") from exc
-    if not any(os.path.isdir(os.path.join(data_path, name)) for name in entries):
+    if source == "class_folders" and not any(os.path.isdir(os.path.join(data_path, name)) for name in entries):
         raise InputNotFoundError(
-            f"train.data_path={data_path} has no class folders: it must hold one sub-folder of images per class"
+            f"train.data_path={data_path} has no class folders: it must hold one sub-folder of images per class "
+            "(for images without class folders set data.source=folder_tree)"
         )
 
 
@@ -77,4 +93,4 @@ def check_run_inputs(cfg, weights: Optional[str] = None, need_data: bool = True,
     if weights:
         _check_file(weights, "--weights file", "Pass the path of a teacher_checkpoint.pth or of DINOv2 weights")
     if need_data:
-        check_data_path(cfg.train.data_path)
+        check_data_path(cfg.train.data_path, cfg.data.source)
