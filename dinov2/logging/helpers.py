@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections import defaultdict, deque
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 
@@ -128,6 +128,7 @@ class MetricLogger:
         header: Optional[str] = None,
         n_iterations: Optional[int] = None,
         start_iteration: int = 0,
+        after_each: Optional[Callable[[int], None]] = None,
     ) -> Iterator:
         """Yield the items of ``iterable`` and log progress after every ``print_freq``-th one.
 
@@ -140,6 +141,8 @@ class MetricLogger:
             header: text at the start of each progress line.
             n_iterations: iteration number to stop at (exclusive); ``len(iterable)`` when None.
             start_iteration: number of the first item.
+            after_each: called with ``i`` once iteration ``i``'s record is written (or not due), e.g. to
+                checkpoint: a process killed after the checkpoint then never lacks that record.
         Yields:
             The items of ``iterable``.
         """
@@ -173,6 +176,8 @@ class MetricLogger:
                 if torch.cuda.is_available():
                     fields.append(f"max mem: {torch.cuda.max_memory_allocated() / 1024.0**2:.0f} MB")
                 logger.info(self.delimiter.join(f for f in fields if f))
+            if after_each is not None:
+                after_each(i)
             i += 1
             end = time.time()
             if i >= n_iterations:

@@ -209,8 +209,15 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
             )
             logger.error(stopped)
 
+    def checkpoint(it: int) -> None:
+        # After log_every has written iteration it's record: a kill after this checkpoint keeps that record.
+        periodic_checkpointer.step(
+            it, best_mAP=best["mAP"], best_iteration=best["iteration"], best_above_chance=best["above_chance"]
+        )
+
     logger.info(f"starting training at iteration {start_iter} of {max_iter}")
-    for data in metric_logger.log_every(data_loader, cfg.train.log_period, "Training", max_iter, start_iter):
+    steps = metric_logger.log_every(data_loader, cfg.train.log_period, "Training", max_iter, start_iter, checkpoint)
+    for data in steps:
         if stopped:
             # Here, not right after the evaluation: log_every writes the previous iteration's record first.
             break
@@ -257,9 +264,6 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
 
         if eval_period > 0 and (iteration + 1) % eval_period == 0:
             evaluate(iteration)
-        periodic_checkpointer.step(
-            iteration, best_mAP=best["mAP"], best_iteration=best["iteration"], best_above_chance=best["above_chance"]
-        )
         iteration += 1
 
     trained = iteration > start_iter

@@ -42,6 +42,21 @@ def test_log_every_yields_all_items_and_writes_one_json_line_per_logged_iteratio
     assert len(progress) == 3 and "[ 6/12]" in progress[0] and "loss:" in progress[0]
 
 
+def test_log_every_calls_after_each_once_the_record_of_that_iteration_is_written(tmp_path):
+    # A checkpoint taken in after_each must never be newer than the last written record.
+    out = tmp_path / "training_metrics.json"
+    metric_logger = MetricLogger(output_file=str(out))
+    calls = []
+
+    def after_each(i):
+        written = [json.loads(line)["iteration"] for line in out.read_text().splitlines()] if out.exists() else []
+        calls.append((i, written[-1] if written else None))
+
+    for item in metric_logger.log_every(iter(range(100)), 1, n_iterations=4, start_iteration=1, after_each=after_each):
+        metric_logger.update(loss=float(item))
+    assert calls == [(1, 1), (2, 2), (3, 3)]
+
+
 def test_log_every_does_nothing_when_already_finished(tmp_path):
     metric_logger = MetricLogger(output_file=str(tmp_path / "m.json"))
     assert list(metric_logger.log_every(iter(range(5)), 1, n_iterations=3, start_iteration=3)) == []
