@@ -24,7 +24,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from dinov2.data import ClassFolderDataset, make_classification_eval_transform
+from dinov2.data import make_classification_eval_transform
+from dinov2.data.datasets import open_image_source
 from dinov2.distributed.devices import select_device
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.hashing import binarize
@@ -52,17 +53,25 @@ class ArchiveError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------
 
 
-def open_images(path: str, transform=None):
-    """The image set of ``--images``: a folder with one sub-folder of images per class.
+def open_images(path: str, transform=None, source: str = "auto"):
+    """The image set of ``--images``: class folders, an image list file (CSV) or an unlabeled folder tree.
+
+    ``source`` is one of ``dinov2.data.datasets.SOURCES``; ``auto`` decides from the path as
+    ``data.source=auto`` does in training. Every image of the set is indexed (split ``all``).
 
     Returns:
-        A dataset of ``(image, label)`` with ``.root`` and ``.samples`` [(absolute path, target)].
+        A dataset of ``(image, target)`` with ``.root``, ``.samples`` [(absolute path, target)] and
+        ``label_names(i)``.
     Raises:
-        ArchiveError: ``path`` is not a folder. FileNotFoundError: no class folder, an empty one.
+        ArchiveError: ``path`` does not exist, is of the wrong kind for ``source``, or a list line is
+            unusable (the message names the file and line).
     """
-    if not os.path.isdir(path):
-        raise ArchiveError(f"--images {path}: not a folder (expected one sub-folder of images per class)")
-    return ClassFolderDataset(path, "all", 0.5, transform=transform)
+    if not os.path.exists(path):
+        raise ArchiveError(f"--images {path}: no such folder or image list file")
+    try:
+        return open_image_source(path, source, "all", transform=transform)
+    except (ValueError, FileNotFoundError) as exc:  # ImageListError is a ValueError
+        raise ArchiveError(f"--images {path} (--source {source}): {exc}") from None
 
 
 def label_names(dataset, index: int) -> List[str]:
@@ -290,7 +299,10 @@ class ArchiveSearcher:
 
     def image_path(self, image_id: int) -> str:
         """Absolute path of indexed image ``image_id`` (0 <= id < count)."""
-        return os.path.join(self.meta["image_root"], *self.records[image_id]["path"].split("/"))
+        path = self.records[image_id]["path"]
+        if os.path.isabs(path):  # an image list may name files outside its folder
+            return path
+        return os.path.join(self.meta["image_root"], *path.split("/"))
 
     def search(self, image: Image.Image, k: int) -> List[Dict[str, Any]]:
         """The ``min(k, count)`` nearest indexed images of an RGB image, by (Hamming distance, id).

@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 
 from dinov2 import distributed
 from dinov2.data import ImageLoadError, make_classification_eval_transform
-from dinov2.data.datasets import load_image_rgb
+from dinov2.data.datasets import SOURCES, load_image_rgb
 from dinov2.distributed.devices import select_device
 from dinov2.eval.index_archive import (
     CHUNKS_DIR,
@@ -55,6 +55,9 @@ _EXAMPLES = """examples:
   python dinov2/eval/index.py build --config-file configs/aid_64bit.yaml \\
       --weights runs/aid64/eval/best/teacher_checkpoint.pth --images /data/AID --output-dir indexes/aid
 
+  # an image list (CSV "path,label1;label2", paths relative to the list) or an unlabeled folder tree
+  python dinov2/eval/index.py build --weights teacher_checkpoint.pth --images /data/tiles.csv --output-dir indexes/tiles
+
   # the same on 4 GPUs: each process encodes its own chunks, the first merges them
   torchrun --nproc_per_node 4 dinov2/eval/index.py build --config-file configs/aid_64bit.yaml \\
       --weights teacher_checkpoint.pth --images /data/AID --output-dir indexes/aid
@@ -84,7 +87,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "build", help="encode an image folder into an index directory", epilog=_EXAMPLES, formatter_class=formatter
     )
     build.add_argument("--weights", required=True, metavar="CKPT", help="teacher checkpoint that encodes the images")
-    build.add_argument("--images", required=True, metavar="DIR", help="folder with one sub-folder of images per class")
+    build.add_argument(
+        "--images",
+        required=True,
+        metavar="PATH",
+        help="the images: a folder of class folders, an image list file (CSV path,labels) or any folder tree",
+    )
+    build.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="how to read --images (default auto: a file is an image list, a folder of image folders is "
+        "class folders, any other folder an unlabeled tree)",
+    )
     build.add_argument("--output-dir", required=True, metavar="DIR", help="the index directory to write")
     build.add_argument("--config-file", default="", metavar="FILE", help="YAML overrides of the default config")
     build.add_argument("--batch-size", type=int, default=None, metavar="B", help="images per forward pass")
@@ -172,7 +187,7 @@ def run_build(args) -> Optional[Dict[str, Any]]:
     check_run_inputs(cfg, weights=args.weights, need_data=False, need_pretrained=False)
     device = select_device(cfg)
     transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
-    dataset = open_images(args.images, transform)
+    dataset = open_images(args.images, transform, args.source)
     if len(dataset) == 0:
         raise ArchiveError(f"--images {args.images}: no images to index")
     out = args.output_dir

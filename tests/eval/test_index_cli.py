@@ -247,3 +247,65 @@ def test_the_command_line_help_and_errors(tmp_path):
         "build", "--weights", str(missing), "--images", str(tmp_path), "--output-dir", str(tmp_path / "o"), *INDEX_OPTS
     )
     assert result.returncode == 2 and str(missing) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_image_list_with_several_labels_and_a_path_outside_its_folder_is_indexed(archive, tmp_path, capsys):
+    # Lines name images relative to the list, and one by an absolute path elsewhere on disk.
+    source = records_of(archive["index"])
+    folder = tmp_path / "list"
+    folder.mkdir()
+    lines = []
+    for i, record in enumerate(source[:6]):
+        src = os.path.join(archive["images"], record["path"])
+        if i == 5:
+            lines.append(f"{src},outside")
+            continue
+        shutil.copy(src, folder / f"tile_{i}.png")
+        lines.append(f"tile_{i}.png,{record['labels'][0]};shared")
+    list_file = folder / "tiles.csv"
+    list_file.write_text("path,labels\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "index"
+    assert index_cli.main(build_argv(archive["weights"], list_file, out)) == 0, capsys.readouterr().err
+    records = records_of(out)
+    assert [r["path"] for r in records[:5]] == [f"tile_{i}.png" for i in range(5)]
+    assert records[5]["path"] == os.path.join(archive["images"], source[5]["path"])
+    assert records[0]["labels"] == sorted([source[0]["labels"][0], "shared"]) or set(records[0]["labels"]) == {
+        source[0]["labels"][0],
+        "shared",
+    }
+    assert records[5]["labels"] == ["outside"]
+    # The same pixels give the same codes as in the class-folder index.
+    np.testing.assert_array_equal(
+        BinaryIndex.load(out / "index.sdshbix").codes, BinaryIndex.load(archive["index"] / "index.sdshbix").codes[:6]
+    )
+    searcher = index_archive.ArchiveSearcher(str(out), device="cpu")
+    assert searcher.image_path(5) == os.path.join(archive["images"], source[5]["path"])
+    assert searcher.image_path(2) == str(folder / "tile_2.png")
+
+
+def test_an_unlabeled_folder_tree_is_indexed_with_empty_labels(archive, tmp_path, capsys):
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    source = records_of(archive["index"])
+    shutil.copy(os.path.join(archive["images"], source[0]["path"]), tree / "top.png")
+    shutil.copy(os.path.join(archive["images"], source[7]["path"]), tree / "a" / "b" / "deep.png")
+    out = tmp_path / "index"
+    assert index_cli.main(build_argv(archive["weights"], tree, out)) == 0, capsys.readouterr().err
+    records = records_of(out)
+    assert sorted(r["path"] for r in records) == ["a/b/deep.png", "top.png"]
+    assert all(r["labels"] == [] for r in records)
+    capsys.readouterr()  # the build's own output
+    code, captured = search(out, tree / "top.png", "-k", "1", "--json", capsys=capsys)
+    assert code == 0 and json.loads(captured.out)["results"][0]["path"] == "top.png"
+
+
+def test_a_bad_image_list_line_exits_2_naming_the_file_and_line(archive, tmp_path, capsys):
+    source = records_of(archive["index"])
+    shutil.copy(os.path.join(archive["images"], source[0]["path"]), tmp_path / "a.png")
+    list_file = tmp_path / "tiles.csv"
+    for text, where in (("a.png,x\na.png\n", "line 2"), ("gone.png,x\n", "line 1")):
+        list_file.write_text(text)
+        assert index_cli.main(build_argv(archive["weights"], list_file, tmp_path / "out")) == 2
+        err = capsys.readouterr().err
+        assert str(list_file) in err and "image list" in err and where in err and "Traceback" not in err, err
+        assert not (tmp_path / "out").exists()

@@ -63,14 +63,19 @@ def check_split_arguments(split: str, train_ratio: float, val_ratio: float, cach
         raise ValueError(f"cache_size={cache_size} must be a positive number of pixels or None")
 
 
-def split_counts(n: int, train_ratio: float, val_ratio: float, group: str) -> Tuple[int, int, int]:
+def split_counts(
+    n: int, train_ratio: float, val_ratio: float, group: str, need_split: bool = True
+) -> Tuple[int, int, int]:
     """(n_train, n_val, n_query) of a group (a class) of ``n`` files, or raise naming the group.
 
     The first ``int(n * train_ratio)`` files are the database; of those, the last ``int(n_db * val_ratio)``
-    are validation queries.
+    are validation queries. With ``need_split=False`` (split ``all``: indexing or training on every
+    file) a group too small to split is not an error: all its files count as ``train``.
     """
     n_db = int(n * train_ratio)
     n_query = n - n_db
+    if not need_split and (n_db < 1 or n_query < 1 or (val_ratio > 0 and not 1 <= int(n_db * val_ratio) < n_db)):
+        return n, 0, 0
     if n_db < 1 or n_query < 1:
         raise ValueError(
             f"train_ratio={train_ratio} leaves {group} ({n} images) with {n_db} database and {n_query} query "

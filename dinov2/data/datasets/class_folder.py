@@ -106,7 +106,7 @@ class ClassFolderDataset(SplitImageDataset):
         for label, class_name in enumerate(classes):
             files = _list_images(root, class_name)
             group = f"class '{class_name}' ('{os.path.join(root, class_name)}'"
-            n_train, n_val, _ = split_counts(len(files), train_ratio, val_ratio, group + ")")
+            n_train, n_val, _ = split_counts(len(files), train_ratio, val_ratio, group + ")", split != "all")
             for position, name in enumerate(files):
                 entries.append(ImageEntry(f"{class_name}/{name}", (label,), split_of_position(position, n_train, n_val)))
         details = f"train_ratio {train_ratio}, val_ratio {val_ratio}"

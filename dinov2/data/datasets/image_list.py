@@ -163,7 +163,7 @@ class ImageListDataset(SplitImageDataset):
         rows = read_image_list(self.list_file)
         classes = sorted({name for row in rows for name in row.labels})
         index = {name: i for i, name in enumerate(classes)}
-        splits = self._splits(rows, train_ratio, val_ratio)
+        splits = self._splits(rows, train_ratio, val_ratio, split != "all")
         entries = [
             ImageEntry(_relative_file(row.path), tuple(index[name] for name in row.labels), row_split)
             for row, row_split in zip(rows, splits)
@@ -177,7 +177,7 @@ class ImageListDataset(SplitImageDataset):
         root = os.path.dirname(os.path.abspath(self.list_file))
         self._select(root, split, entries, classes, transform, target_transform, cache, cache_size, details)
 
-    def _splits(self, rows: List[_Row], train_ratio: float, val_ratio: float) -> List[str]:
+    def _splits(self, rows: List[_Row], train_ratio: float, val_ratio: float, need_split: bool) -> List[str]:
         if rows[0].split:
             return [row.split for row in rows]
         if not rows[0].labels:
@@ -189,7 +189,7 @@ class ImageListDataset(SplitImageDataset):
         for name, members in groups.items():
             group = f"class '{name}' of image list '{self.list_file}' (first label of lines {rows[members[0]].line}, ...)"
             try:
-                n_train, n_val, _ = split_counts(len(members), train_ratio, val_ratio, group)
+                n_train, n_val, _ = split_counts(len(members), train_ratio, val_ratio, group, need_split)
             except ValueError as exc:
                 raise ImageListError(str(exc)) from None
             for rank, position in enumerate(members):

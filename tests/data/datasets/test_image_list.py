@@ -105,6 +105,18 @@ def test_ratio_that_empties_a_class_names_the_class_and_list(images):
         ImageListDataset(list_file, "train", train_ratio=0.5)
 
 
+def test_split_all_takes_a_class_too_small_to_split(images, make_tree):
+    # Indexing or training on every file needs no database/query split: a one-image class is fine there.
+    names, write_list = images
+    list_file = write_list(f"{names[0]},lonely\n{names[1]},x\n{names[2]},x\n")
+    every = ImageListDataset(list_file, "all", train_ratio=0.5)
+    assert every.relative_files() == names[:3] and len(every) == 3
+    root = make_tree({"lonely": ["a.png"], "pair": ["b.png", "c.png"]})
+    assert len(ClassFolderDataset(root, "all", 0.5)) == 3
+    with pytest.raises(ValueError, match="class 'lonely'"):
+        ClassFolderDataset(root, "train", 0.5)
+
+
 def test_unlabeled_list_is_all_training_data_and_has_no_query_split(images):
     names, write_list = images
     list_file = write_list("\n".join(names[:4]) + "\n", name="paths.txt")
