@@ -4,7 +4,8 @@ Both kernels return the first k database codes in the order (distance, id), so t
 id. Distances take nbits + 1 values, which the flat scan uses to avoid any sort: per query it keeps,
 for every distance d, the ids seen at d in scan order (at most k of them: later ones at the same
 distance can never be among the first k), and a threshold ``t`` beyond which nothing can enter the
-result (the first t + 1 buckets already hold k ids). Queries are scanned in small blocks against
+result (the first t + 1 buckets already hold k ids). Codes of one or two 64-bit words (64 and 128
+bits) have kernels without an inner word loop; other widths scan small blocks of queries against
 database blocks that stay in cache.
 
 Multi-index hashing (Norouzi, Punjani and Fleet, "Fast Exact Search in Hamming Space with
@@ -98,6 +99,80 @@ def _flat_search_two_pass(queries, codes, k, nbits, out_dist, out_ids):
                 out_dist[i, p] = d
                 out_ids[i, p] = j
                 pos[d] = p + 1
+
+
+def _take(j, d, k, bucket, count, t, kept):
+    # Put id j (at distance d <= t) in its bucket if the bucket has room; lower the threshold t
+    # while the buckets below it already hold k ids. Returns the new (t, kept).
+    c = count[d]
+    if c < k:
+        bucket[d, c] = j
+        count[d] = c + 1
+        kept += 1
+        while kept - count[t] >= k:
+            kept -= count[t]
+            t -= 1
+    return t, kept
+
+
+def _emit(bucket, count, t, k, out_dist, out_ids):
+    # The first k ids of buckets 0..t, in (distance, id) order.
+    filled = 0
+    for d in range(t + 1):
+        for c in range(count[d]):
+            if filled == k:
+                return
+            out_dist[filled] = d
+            out_ids[filled] = bucket[d, c]
+            filled += 1
+
+
+def _flat_search_1word(queries, codes, k, nbits, out_dist, out_ids):
+    # Codes of one uint64 word (up to 64 bits): one query per pass, everything in registers.
+    num_q = queries.shape[0]
+    n = codes.shape[0]
+    for i in numba.prange(num_q):
+        bucket = np.empty((nbits + 1, k), dtype=np.int64)
+        count = np.zeros(nbits + 1, dtype=np.int64)
+        t = np.int64(nbits)
+        kept = np.int64(0)
+        q = queries[i, 0]
+        for j in range(n):
+            d = _ctpop(q ^ codes[j, 0])
+            if d <= np.uint64(t):
+                t, kept = _take(j, np.int64(d), k, bucket, count, t, kept)
+        _emit(bucket, count, t, k, out_dist[i], out_ids[i])
+
+
+def _flat_search_2words(queries, codes, k, nbits, out_dist, out_ids):
+    # Codes of two uint64 words (65 to 128 bits): two queries per pass share each code load.
+    num_q = queries.shape[0]
+    n = codes.shape[0]
+    for p in numba.prange((num_q + 1) // 2):
+        i0 = 2 * p
+        i1 = min(num_q - 1, i0 + 1)  # an odd last query is searched twice, written once
+        bucket0 = np.empty((nbits + 1, k), dtype=np.int64)
+        bucket1 = np.empty((nbits + 1, k), dtype=np.int64)
+        count0 = np.zeros(nbits + 1, dtype=np.int64)
+        count1 = np.zeros(nbits + 1, dtype=np.int64)
+        t0 = np.int64(nbits)
+        t1 = np.int64(nbits)
+        kept0 = np.int64(0)
+        kept1 = np.int64(0)
+        a0, b0 = queries[i0, 0], queries[i0, 1]
+        a1, b1 = queries[i1, 0], queries[i1, 1]
+        for j in range(n):
+            x = codes[j, 0]
+            y = codes[j, 1]
+            d0 = _ctpop(a0 ^ x) + _ctpop(b0 ^ y)
+            d1 = _ctpop(a1 ^ x) + _ctpop(b1 ^ y)
+            if d0 <= np.uint64(t0):
+                t0, kept0 = _take(j, np.int64(d0), k, bucket0, count0, t0, kept0)
+            if d1 <= np.uint64(t1):
+                t1, kept1 = _take(j, np.int64(d1), k, bucket1, count1, t1, kept1)
+        _emit(bucket0, count0, t0, k, out_dist[i0], out_ids[i0])
+        if i1 != i0:
+            _emit(bucket1, count1, t1, k, out_dist[i1], out_ids[i1])
 
 
 def _substring_values(codes_u8, start, length, out):
@@ -244,6 +319,21 @@ def _mih_search(queries, codes, q_subs, lengths, masks, offsets, ids, k, nbits, 
 
 
 if numba is not None:
+    from numba import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _ctpop(typingctx, x):
+        # LLVM's population count of a uint64: one instruction where the CPU has one.
+        def codegen(context, builder, signature, args):
+            return builder.ctpop(args[0])
+
+        return _types.uint64(_types.uint64), codegen
+
+    _take = numba.njit(inline="always", cache=True)(_take)
+    _emit = numba.njit(inline="always", cache=True)(_emit)
+    _flat_search_1word = numba.njit(parallel=True, cache=True, nogil=True)(_flat_search_1word)
+    _flat_search_2words = numba.njit(parallel=True, cache=True, nogil=True)(_flat_search_2words)
     _next_combination = numba.njit(cache=True)(_next_combination)
     _flat_search = numba.njit(parallel=True, cache=True, nogil=True)(_flat_search)
     _flat_search_two_pass = numba.njit(parallel=True, cache=True, nogil=True)(_flat_search_two_pass)
@@ -272,7 +362,11 @@ def flat_search(queries: np.ndarray, codes: np.ndarray, k: int, nbits: int):
     _require_numba()
     dist = np.empty((queries.shape[0], k), dtype=np.int64)
     ids = np.empty((queries.shape[0], k), dtype=np.int64)
-    if QUERY_BLOCK * (nbits + 1) * k * 8 <= BUCKET_BYTES:
+    if codes.dtype == np.uint64 and codes.shape[1] in (1, 2) and 2 * (nbits + 1) * k * 8 <= BUCKET_BYTES:
+        # 64 and 128 bits: one pass per query (or pair of queries) with no inner word loop
+        kernel = _flat_search_1word if codes.shape[1] == 1 else _flat_search_2words
+        kernel(queries, codes, k, nbits, dist, ids)
+    elif QUERY_BLOCK * (nbits + 1) * k * 8 <= BUCKET_BYTES:
         _flat_search(queries, codes, k, nbits, dist, ids)
     else:
         # per-distance buckets of k ids would be large: two scans with O(nbits) memory instead

@@ -60,6 +60,21 @@ def test_random_20k_equals_stable_brute_force_and_faiss(rng, mode):
     np.testing.assert_array_equal(dist, faiss_dist)
 
 
+@pytest.mark.parametrize("nbits", [16, 32, 48, 64, 128, 256])
+def test_flat_kernels_of_every_word_layout_equal_stable_brute_force_with_ties(rng, nbits):
+    # 64 and 128 bits take the one- and two-word kernels (an odd number of queries exercises the
+    # pair kernel's last query); the other widths take the blocked generic kernel.
+    codes = clustered_codes(rng, 3_000, nbits)
+    queries = np.concatenate([clustered_codes(rng, 6, nbits), codes[[0, 2_999]]])[:7]
+    index = BinaryIndex(nbits, "flat")
+    index.add(codes)
+    for k in (1, 37, 3_000):
+        dist, ids = index.search(queries, k)
+        ref_dist, ref_ids = stable_brute_force(queries, codes, k)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(dist, ref_dist)
+
+
 @pytest.mark.parametrize("nbits", [64, 128, 24])
 @pytest.mark.parametrize("tables", ["default", "fewest", "many"])
 def test_mih_equals_flat_with_many_ties(rng, nbits, tables):
