@@ -8,7 +8,10 @@ the lowest bit, as faiss) and answers ``search(queries, k)`` with the first k co
   sort, see ``dinov2.eval.index_kernels``).
 - ``mih``: multi-index hashing (Norouzi et al., TPAMI 2014): m substring tables probed at a radius
   grown until the k nearest are certain; sublinear on codes that are not uniformly random.
-- ``auto`` (default): ``mih`` from ``auto_threshold`` codes on, ``flat`` below.
+- ``auto`` (default): ``flat`` below ``auto_threshold`` codes. From there on, the first search
+  after an ``add`` times both modes on its first few queries and keeps the faster one until the
+  next ``add``: multi-index hashing wins on codes that group (as trained codes do) and loses badly
+  on uniformly random ones. Both modes are exact, so the choice changes only the speed.
 
 Memory: the packed codes (plus spare capacity left by ``add``; ``load`` allocates exactly N) and,
 in ``mih`` mode, the tables: m id arrays of N int32 and m offset arrays of 2^(nbits/m) + 1 int64,
@@ -38,6 +41,7 @@ checksums do not match, is refused with an ``IndexFormatError`` naming the file 
 import math
 import os
 import struct
+import time
 import zlib
 from typing import Optional
 
@@ -54,6 +58,8 @@ _CRC_FIELDS = 52  # the header checksum covers the bytes before it
 MODES = ("flat", "mih", "auto")
 # From this many codes on, mode "auto" searches with multi-index hashing (see scripts/bench_index.py).
 AUTO_THRESHOLD = 1_000_000
+# Queries the first auto search above the threshold times in each mode.
+AUTO_SAMPLE_QUERIES = 8
 # Longest substring of a table: its offsets take 2^len + 1 int64 (8 MiB at 20 bits).
 MAX_SUBSTRING_BITS = 20
 _CRC_CHUNK = 64 << 20
@@ -120,6 +126,7 @@ class BinaryIndex:
         self._buffer = np.empty((0, self.nbytes), dtype=np.uint8)
         self._n = 0
         self._tables = None  # (n, m, starts, lengths, masks, offsets, ids) of the last build
+        self._auto_choice = None  # (n, "flat" or "mih") measured by the last auto search
 
     # ---- contents
 
@@ -176,10 +183,40 @@ class BinaryIndex:
     # ---- search
 
     def resolved_mode(self) -> str:
-        """``flat`` or ``mih``: what a search with the current size uses."""
+        """``flat`` or ``mih``: what a search with the current size uses (in ``auto`` above the
+        threshold: the measured choice, or ``mih`` before the first search has measured it)."""
         if self.mode == "auto":
-            return "mih" if self._n >= max(self.auto_threshold, 1) else "flat"
+            if self._n < max(self.auto_threshold, 1):
+                return "flat"
+            if self._auto_choice is not None and self._auto_choice[0] == self._n:
+                return self._auto_choice[1]
+            return "mih"
         return self.mode
+
+    def _measure_auto_choice(self, q: np.ndarray, qw: np.ndarray, codes: np.ndarray, k: int) -> str:
+        # Time both exact modes on the first queries (after one untimed query each, which also
+        # compiles or loads the kernels) and keep the faster one for this many codes.
+        self._mih_tables()
+        sample = slice(0, min(len(q), AUTO_SAMPLE_QUERIES))
+        timings = {}
+        for mode in ("flat", "mih"):
+            self._search_mode(mode, q[:1], qw[:1], codes, k)
+            start = time.perf_counter()
+            self._search_mode(mode, q[sample], qw[sample], codes, k)
+            timings[mode] = time.perf_counter() - start
+        choice = "mih" if timings["mih"] < timings["flat"] else "flat"
+        self._auto_choice = (self._n, choice)
+        if choice == "flat":
+            self._tables = None  # the flat scan needs only the codes
+        return choice
+
+    def _search_mode(self, mode: str, q: np.ndarray, qw: np.ndarray, codes: np.ndarray, k: int):
+        if mode == "flat":
+            dist, ids = index_kernels.flat_search(qw, codes, k, self.nbits)
+            return dist, ids, np.full(q.shape[0], self._n, dtype=np.int64)
+        _, _, starts, lengths, masks, offsets, table_ids = self._mih_tables()
+        subs = index_kernels.substrings(q, starts, lengths)
+        return index_kernels.mih_search(qw, codes, subs, starts, lengths, masks, offsets, table_ids, k, self.nbits)
 
     def _words(self, packed: np.ndarray) -> np.ndarray:
         return packed.view(self._word)
@@ -220,15 +257,13 @@ class BinaryIndex:
         k = int(k)
         codes = self._words(self._buffer[: self._n])
         qw = self._words(q)
-        if self.resolved_mode() == "flat" or q.shape[0] == 0:
-            dist, ids = index_kernels.flat_search(qw, codes, k, self.nbits)
-            probed = np.full(q.shape[0], self._n, dtype=np.int64)
-        else:
-            _, _, starts, lengths, masks, offsets, table_ids = self._mih_tables()
-            subs = index_kernels.substrings(q, starts, lengths)
-            dist, ids, probed = index_kernels.mih_search(
-                qw, codes, subs, starts, lengths, masks, offsets, table_ids, k, self.nbits
-            )
+        mode = self.resolved_mode()
+        measured = self._auto_choice is not None and self._auto_choice[0] == self._n
+        if self.mode == "auto" and mode == "mih" and not measured and q.shape[0] > 0:
+            mode = self._measure_auto_choice(q, qw, codes, k)
+        if q.shape[0] == 0:
+            mode = "flat"
+        dist, ids, probed = self._search_mode(mode, q, qw, codes, k)
         return (dist, ids, probed) if return_probed else (dist, ids)
 
     # ---- file

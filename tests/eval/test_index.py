@@ -131,6 +131,29 @@ def test_adds_in_pieces_and_auto_mode(rng):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("times, expected", [((0.0, 1.0, 0.0, 5.0), "flat"), ((0.0, 5.0, 0.0, 1.0), "mih")])
+def test_auto_keeps_the_mode_its_first_search_measured_faster_until_the_next_add(rng, monkeypatch, times, expected):
+    import dinov2.eval.index as index_module
+
+    codes = random_codes(rng, 3000, 64)
+    index = BinaryIndex(64, "auto", auto_threshold=2000)
+    index.add(codes[:2500])
+    assert index.resolved_mode() == "mih"  # not measured yet
+    clock = iter(times)
+    monkeypatch.setattr(index_module.time, "perf_counter", lambda: next(clock))
+    queries = codes[:20]
+    dist, ids = index.search(queries, 30)
+    assert index.resolved_mode() == expected and (index._tables is None) == (expected == "flat")
+    ref_dist, ref_ids = stable_brute_force(queries, codes[:2500], 30)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(dist, ref_dist)
+    index.search(queries, 30)  # no second measurement: the fake clock would be exhausted
+    index.add(codes[2500:])
+    assert index.resolved_mode() == "mih"  # more codes: measured again at the next search
+    monkeypatch.setattr(index_module.time, "perf_counter", lambda: 0.0)
+    np.testing.assert_array_equal(index.search(queries, 30)[1], stable_brute_force(queries, codes, 30)[1])
+
+
 def test_pack_codes_layout_is_accepted(rng):
     signs = np.where(rng.random((50, 32)) < 0.5, -1, 1)
     packed = pack_codes(signs)
