@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinov2.distributed import get_global_size, is_enabled
+from dinov2.loss.soft_cross_entropy import soft_cross_entropy
 
 
 @torch.no_grad()
@@ -181,11 +182,15 @@ class DINOLoss(CenteredTeacherLoss):
         Returns:
             Scalar float32 loss.
         """
+        # The cross-entropy is linear in the targets: one term per student chunk against the sum of
+        # the teacher chunks equals the sum over every pair.
+        teachers = [t.float() for t in teacher_out_softmaxed_centered_list]
+        if not teachers:
+            return 0.0
+        teacher_sum = teachers[0] if len(teachers) == 1 else torch.stack(teachers).sum(dim=0)
         total_loss = 0.0
         for student_output in student_output_list:
-            student_log_probs = F.log_softmax(student_output.float() / self.student_temp, dim=-1)
-            for teacher_probs in teacher_out_softmaxed_centered_list:
-                total_loss = total_loss - (teacher_probs.float() * student_log_probs).sum(dim=-1).mean()
+            total_loss = total_loss + soft_cross_entropy(student_output, teacher_sum, self.student_temp).mean()
         return total_loss
 
     @torch.no_grad()

@@ -4,16 +4,15 @@ from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from dinov2.distributed import is_enabled
 from dinov2.loss.dino_clstoken_loss import CenteredTeacherLoss, sinkhorn_knopp
+from dinov2.loss.soft_cross_entropy import soft_cross_entropy
 
 
 def _patch_cross_entropy(teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
     """Per-token cross-entropy -sum_k t_k log softmax(s / temp)_k, in float32, over the last dim."""
-    student_log_probs = F.log_softmax(student_logits.float() / student_temp, dim=-1)
-    return -(teacher_probs.float() * student_log_probs).sum(dim=-1)
+    return soft_cross_entropy(student_logits, teacher_probs, student_temp)
 
 
 class iBOTPatchLoss(CenteredTeacherLoss):
