@@ -162,14 +162,20 @@ def main(argv=None) -> int:
     print("One SDSH training step (forward_backward + clip + AdamW + EMA), vit_small/14, 2x224 + 8x98 crops,")
     print(f"65536 prototypes, 64 bits; fastest of {args.steps} steps after {args.warmup} warm-up; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    header = f"{'row':<15} {'device':<6} {'batch':>5} {'threads':>7} {'s/step':>8} {'mean s':>8} {'img/s':>7} {'peak MB':>9}"
+    header = (
+        f"{'row':<15} {'device':<6} {'batch':>5} {'threads':>7} {'s/step':>8} {'mean s':>8} {'img/s':>7} "
+        f"{'peak MB':>9} {'x floor':>8}"
+    )
     print(header)
     print("-" * len(header))
+    floors = {r["device"]: r["s_per_step"] for r in results if r["row"] == "backbone only"}
     for r in results:
+        ratio = f"{r['s_per_step'] / floors[r['device']]:.2f}" if r["device"] in floors else "-"
         print(
             f"{r['row']:<15} {r['device']:<6} {r['batch']:>5} {r['threads']:>7} {r['s_per_step']:>8.2f} "
-            f"{r['mean_s']:>8.2f} {r['images_per_s']:>7.2f} {r['peak_mb']:>9.0f}"
+            f"{r['mean_s']:>8.2f} {r['images_per_s']:>7.2f} {r['peak_mb']:>9.0f} {ratio:>8}"
         )
+    print("x floor: s/step over the 'backbone only' row of the same device in this run")
     print("peak MB: peak RSS of the row's process on the CPU (model, optimizer and activations), "
           "torch.cuda.max_memory_allocated on a GPU")
     return 0 if results else 1
