@@ -9,6 +9,11 @@ if [ $# -ne 1 ]; then
   exit 2
 fi
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python="${PYTHON:-python}"
+# $PYTHON if set, else the project's .venv (what `make install` creates), else python on the PATH
+if [ -z "${PYTHON:-}" ] && [ -x "$repo/.venv/bin/python" ]; then
+  python="$repo/.venv/bin/python"
+else
+  python="${PYTHON:-python}"
+fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 exec "$python" "$repo/scripts/gpu_check.py" "$1" --device "${SDSH_GPU_CHECK_DEVICE:-cuda}"
