@@ -1,7 +1,7 @@
 """Soft-target cross-entropy -sum_k t_k log softmax(s / T)_k per row, in one autograd node.
 
 The unfused form (``log_softmax`` of the logits divided by T, a product with the targets, a sum)
-writes four full [R, K] tensors in the forward pass, keeps the log-softmax for the backward pass
+writes three full [R, K] tensors in the forward pass (four from bf16 logits), keeps the log-softmax for the backward pass
 and writes three more there. With K = 65536 prototypes and the masked patches of a batch as rows,
 those are the largest tensors of a training step on the CPU. Here the forward pass writes one and
 keeps only per-row numbers, and the backward pass rebuilds the softmax in one buffer, in place
