@@ -188,10 +188,16 @@ class BinaryIndex:
         if self.mode == "auto":
             if self._n < max(self.auto_threshold, 1):
                 return "flat"
-            if self._auto_choice is not None and self._auto_choice[0] == self._n:
-                return self._auto_choice[1]
-            return "mih"
+            return "mih" if self._auto_unmeasured() else self._auto_choice[1]
         return self.mode
+
+    def _auto_unmeasured(self) -> bool:
+        # auto above the threshold, and no choice measured for the current number of codes
+        return (
+            self.mode == "auto"
+            and self._n >= max(self.auto_threshold, 1)
+            and (self._auto_choice is None or self._auto_choice[0] != self._n)
+        )
 
     def _measure_auto_choice(self, q: np.ndarray, qw: np.ndarray, codes: np.ndarray, k: int) -> str:
         # Time both exact modes on the first queries (after one untimed query each, which also
@@ -257,12 +263,12 @@ class BinaryIndex:
         k = int(k)
         codes = self._words(self._buffer[: self._n])
         qw = self._words(q)
-        mode = self.resolved_mode()
-        measured = self._auto_choice is not None and self._auto_choice[0] == self._n
-        if self.mode == "auto" and mode == "mih" and not measured and q.shape[0] > 0:
-            mode = self._measure_auto_choice(q, qw, codes, k)
         if q.shape[0] == 0:
             mode = "flat"
+        elif self._auto_unmeasured():
+            mode = self._measure_auto_choice(q, qw, codes, k)
+        else:
+            mode = self.resolved_mode()
         dist, ids, probed = self._search_mode(mode, q, qw, codes, k)
         return (dist, ids, probed) if return_probed else (dist, ids)
 

@@ -53,25 +53,10 @@ def _flat_search(queries, codes, k, nbits, out_dist, out_ids):
                     for w in range(n_words):
                         d += np.int64(_popcount(np.uint64(queries[q0 + i, w]) ^ np.uint64(codes[j, w])))
                     if d <= t:
-                        c = count[i, d]
-                        if c < k:
-                            bucket[i, d, c] = j
-                            count[i, d] = c + 1
-                            kept[i] += 1
-                            # shrink the threshold while the buckets below it already hold k ids
-                            while kept[i] - count[i, t] >= k:
-                                kept[i] -= count[i, t]
-                                t -= 1
+                        t, kept[i] = _take(j, d, k, bucket[i], count[i], t, kept[i])
                 thresh[i] = t
         for i in range(nq):
-            filled = 0
-            for d in range(thresh[i] + 1):
-                for c in range(count[i, d]):
-                    if filled == k:
-                        break
-                    out_dist[q0 + i, filled] = d
-                    out_ids[q0 + i, filled] = bucket[i, d, c]
-                    filled += 1
+            _emit(bucket[i], count[i], thresh[i], k, out_dist[q0 + i], out_ids[q0 + i])
 
 
 def _flat_search_two_pass(queries, codes, k, nbits, out_dist, out_ids):

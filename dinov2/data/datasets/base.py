@@ -74,21 +74,23 @@ def split_counts(
     """
     n_db = int(n * train_ratio)
     n_query = n - n_db
-    if not need_split and (n_db < 1 or n_query < 1 or (val_ratio > 0 and not 1 <= int(n_db * val_ratio) < n_db)):
-        return n, 0, 0
+    n_val = int(n_db * val_ratio)
+    n_train = n_db - n_val
     if n_db < 1 or n_query < 1:
-        raise ValueError(
+        problem = (
             f"train_ratio={train_ratio} leaves {group} ({n} images) with {n_db} database and {n_query} query "
             "images; each class needs at least one of both"
         )
-    n_val = int(n_db * val_ratio)
-    n_train = n_db - n_val
-    if val_ratio > 0 and (n_val < 1 or n_train < 1):
-        raise ValueError(
+    elif val_ratio > 0 and (n_val < 1 or n_train < 1):
+        problem = (
             f"val_ratio={val_ratio} leaves {group} ({n_db} training images) with {n_train} training and "
             f"{n_val} validation images; each class needs at least one of both"
         )
-    return n_train, n_val, n_query
+    else:
+        return n_train, n_val, n_query
+    if not need_split:
+        return n, 0, 0
+    raise ValueError(problem)
 
 
 def split_of_position(position: int, n_train: int, n_val: int) -> str:
