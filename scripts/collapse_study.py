@@ -39,6 +39,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from dinov2.eval import baselines  # noqa: E402
+from dinov2.eval.selection import UNIFORM_DINO_TARGETS  # noqa: E402
 from dinov2.train import train as train_module  # noqa: E402
 
 IMAGE_SIZE = 64
@@ -148,8 +149,10 @@ def train_sdsh(data: str, output_dir: str, iterations: int, opts: List[str]) -> 
     summary = train_module.main(args)
     lines = [line for line in read_jsonl(summary["metrics_file"]) if "split" not in line]
     best = next(line for line in lines if line["iteration"] == summary["best_iteration"])
+    dino = summary.get("dino_targets") or []
     return {"best": best, "last": lines[-1], "evaluations": lines, "random_codes": summary["random_codes_mAP"],
-            "random_codes_tie_aware": summary["random_codes_mAP_tie_aware"]}  # fmt: skip
+            "random_codes_tie_aware": summary["random_codes_mAP_tie_aware"],
+            "dino_target_entropy": dino[-1]["entropy"] if dino else None}  # fmt: skip
 
 
 def pixel_baselines(data: str, output_dir: str) -> Dict[str, Dict[str, float]]:
@@ -165,7 +168,7 @@ def pixel_baselines(data: str, output_dir: str) -> Dict[str, Dict[str, float]]:
 
 TABLE_HEADER = (
     "| set | classes / database | SDSH best mAP (tie-aware) | SDSH last mAP (tie-aware) | last distinct codes "
-    "| random codes | LSH pixels | ITQ pixels |\n|---|---|---|---|---|---|---|---|"
+    "| random codes | LSH pixels | ITQ pixels | last DINO target entropy |\n|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -175,8 +178,15 @@ def table_row(name: str, result: Dict[str, Any]) -> str:
         f"| {name} | {result['classes']} / {last['num_database']} | {best['mAP']:.3f} ({best['mAP_tie_aware']:.3f}) "
         f"| {last['mAP']:.3f} ({last['mAP_tie_aware']:.3f}) | {last['distinct_codes']} ({last['collapse']}) "
         f"| {result['sdsh']['random_codes_tie_aware']:.3f} | {base['lsh']['mAP_tie_aware']:.3f} "
-        f"| {base['itq']['mAP_tie_aware']:.3f} |"
+        f"| {base['itq']['mAP_tie_aware']:.3f} | {_entropy(result['sdsh'].get('dino_target_entropy'))} |"
     )
+
+
+def _entropy(value) -> str:
+    """The DINO target entropy cell: 'uniform' at the level the trainer warns about."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" + (" (uniform)" if value >= UNIFORM_DINO_TARGETS else "")
 
 
 def main(argv=None) -> int:

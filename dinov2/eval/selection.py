@@ -8,7 +8,7 @@ scores the selected model once on the test queries (``select_on=val``) and gives
 import json
 import logging
 import os
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 
@@ -22,6 +22,10 @@ from dinov2.models.hashing_network import build_hashing_network
 from dinov2.utils.checkpoint import atomic_write_text, load_torch_file
 
 logger = logging.getLogger("dinov2")
+
+# Normalised entropy of the DINO teacher targets (dinov2.loss.normalized_entropy, mean over the last
+# iterations) at or above which they count as uniform: the DINO term then gives the codes no signal.
+UNIFORM_DINO_TARGETS = 0.99
 
 
 class Evaluation(NamedTuple):
@@ -194,6 +198,7 @@ def finish(cfg, evaluator: Optional[RetrievalEvaluator], summary: Dict[str, Any]
                 f"  {label} at {len(iterations)} of {len(collapses)} evaluations (iterations "
                 f"{', '.join(map(str, iterations))})"
             )
+    lines += dino_targets_lines(summary)
     if summary.get("stopped"):
         lines.append(f"  stopped: {summary['stopped']}")
     if test_line:
@@ -209,6 +214,21 @@ def finish(cfg, evaluator: Optional[RetrievalEvaluator], summary: Dict[str, Any]
     return summary
 
 
+def dino_targets_lines(summary: Dict[str, Any]) -> List[str]:
+    """Summary lines on the DINO targets: their last entropy, and the evaluations at which they were uniform."""
+    checks = summary.get("dino_targets") or []
+    if not checks:
+        return []
+    lines = [f"  DINO target entropy (of the maximum) at the last evaluation: {checks[-1]['entropy']:.4f}"]
+    uniform = [c["iteration"] for c in checks if c["entropy"] >= UNIFORM_DINO_TARGETS]
+    if uniform:
+        lines.append(
+            f"  DINO TARGETS UNIFORM at {len(uniform)} of {len(checks)} evaluations (iterations "
+            f"{', '.join(map(str, uniform))}): the DINO term gave the codes no signal there"
+        )
+    return lines
+
+
 def _finish_unlabeled(cfg, summary: Dict[str, Any]) -> Dict[str, Any]:
     """The summary of a run on unlabeled images: no retrieval metrics, the teacher to index."""
     if not distributed.is_main_process():
@@ -222,6 +242,7 @@ def _finish_unlabeled(cfg, summary: Dict[str, Any]) -> Dict[str, Any]:
         "summary",
         f"  iterations: {summary['start_iteration']} -> {summary['last_iteration']} (of {summary['max_iter']})",
         "  no retrieval evaluation: the images have no labels",
+        *dino_targets_lines(summary),
         f"  last teacher: {summary['last_teacher'] or '(none)'}",
         f"  last checkpoint: {summary['last_checkpoint'] or '(none)'}",
     ]

@@ -4,6 +4,7 @@ Also holds the two teacher-side pieces that the iBOT patch loss shares with it: 
 teacher outputs and the Sinkhorn-Knopp normalisation, both correct with one process or several.
 """
 
+import math
 from typing import List, Sequence, Tuple, Union
 
 import torch
@@ -13,6 +14,22 @@ from torch import nn
 
 from dinov2.distributed import get_global_size, is_enabled
 from dinov2.loss.soft_cross_entropy import soft_cross_entropy
+
+
+@torch.no_grad()
+def normalized_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the rows of ``probabilities`` [..., K] divided by ln K, in [0, 1].
+
+    1 means every row is uniform: teacher targets like that give the student no signal, whatever the
+    student outputs. Rows are the last dimension; every other dimension is averaged over.
+    """
+    p = probabilities.detach().float()
+    n_classes = p.shape[-1]
+    if n_classes < 2:
+        raise ValueError(f"normalized_entropy needs at least 2 classes, got {n_classes}")
+    # 0 * log 0 = 0: the clamp only guards the log.
+    entropy = -(p * p.clamp_min(torch.finfo(torch.float32).tiny).log()).sum(-1)
+    return entropy.mean() / math.log(n_classes)
 
 
 @torch.no_grad()

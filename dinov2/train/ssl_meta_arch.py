@@ -15,7 +15,7 @@ from torch import nn
 from dinov2 import distributed
 from dinov2.fsdp import free_if_fsdp, get_fsdp_modules, get_fsdp_wrapper, is_fsdp
 from dinov2.layers import DINOHead
-from dinov2.loss import DINOLoss, HashQuantizationLoss, KoLeoLoss, iBOTPatchLoss
+from dinov2.loss import DINOLoss, HashQuantizationLoss, KoLeoLoss, iBOTPatchLoss, normalized_entropy
 from dinov2.models import build_model_from_cfg
 from dinov2.models.hashing_network import build_hash_head
 from dinov2.utils.config import ConfigError, validate_config
@@ -217,6 +217,9 @@ class SSLMetaArch(nn.Module):
 
         loss_dict = {}
         loss_terms = []
+        if self.do_dino:
+            # Not a loss: how uniform the teacher's DINO targets are (1 = uniform, the term then carries no signal).
+            loss_dict["dino_target_entropy"] = normalized_entropy(dino_targets)
         if self.do_dino and n_local_crops > 0:
             dino_local = self.dino_loss(list(dino_local_logits.chunk(n_local_crops)), list(dino_targets)) / n_terms
             loss_dict["dino_local_crops_loss"] = dino_local

@@ -39,7 +39,7 @@ from dinov2.data import ImageLoadError
 from dinov2.data.builders import build_train_loader, is_labeled, resolve_data_root
 from dinov2.distributed.devices import select_device, use_fsdp
 from dinov2.eval.evaluator import RetrievalEvaluator, save_teacher_checkpoint
-from dinov2.eval.selection import do_eval_only, evaluate_and_keep_best, finish
+from dinov2.eval.selection import UNIFORM_DINO_TARGETS, do_eval_only, evaluate_and_keep_best, finish
 from dinov2.fsdp.checkpointer import AtomicPeriodicCheckpointer, FSDPCheckpointer
 from dinov2.logging import MetricLogger, SmoothedValue, setup_logging
 from dinov2.train.optim import apply_optim_scheduler, build_optimizer, build_schedulers
@@ -187,9 +187,26 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
     collapses = []  # {"iteration", "collapse"} of this run's evaluations (rank 0)
     collapsed_in_a_row = 0
     stopped = ""
+    dino_checks = []  # {"iteration", "entropy"} of the DINO targets at each evaluation
+
+    def check_dino_targets(it: int) -> None:
+        # The mean over the meter's window (the last 20 iterations), the same on every rank.
+        meter = metric_logger.meters.get("dino_target_entropy")
+        if meter is None or not meter.deque:
+            return
+        entropy = meter.avg
+        dino_checks.append({"iteration": it, "entropy": entropy})
+        if entropy >= UNIFORM_DINO_TARGETS:
+            logger.warning(
+                f"iteration {it}: DINO TARGETS UNIFORM: the teacher's DINO targets have {entropy:.4f} of the "
+                f"maximum entropy (mean of the last {len(meter.deque)} iterations), so the DINO term gives the "
+                "codes no signal; what the codes learn comes from the other terms (iBOT, KoLeo). Images that the "
+                "network maps to nearly one point do this (e.g. low-contrast images trained from scratch)"
+            )
 
     def evaluate(it: int) -> None:
         nonlocal last_eval, last_eval_iteration, collapsed_in_a_row, stopped
+        check_dino_targets(it)
         if evaluator is None:
             # Unlabeled images: no retrieval metrics, but the teacher is kept for indexing.
             last = os.path.join(output_dir, "eval", "last", "teacher_checkpoint.pth")
@@ -279,6 +296,7 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
         "best_above_chance": best["above_chance"],
         "last_eval": last_eval,
         "collapse": collapses,
+        "dino_targets": dino_checks,
         "stopped": stopped,
         "last_checkpoint": _last_checkpoint(checkpointer),
     }

@@ -58,3 +58,22 @@ def test_help_and_unknown_set(study, capsys):
     with pytest.raises(SystemExit):
         study.main(["--sets", "nosuchset"])
     assert "unknown set(s) nosuchset" in capsys.readouterr().err
+
+
+def _result(entropy):
+    evaluation = {"mAP": 0.5, "mAP_tie_aware": 0.45, "num_database": 20, "distinct_codes": 18, "collapse": "ok"}
+    return {
+        "classes": 2,
+        "sdsh": {"best": evaluation, "last": evaluation, "random_codes_tie_aware": 0.5, "dino_target_entropy": entropy},
+        "baselines": {"lsh": {"mAP_tie_aware": 0.3}, "itq": {"mAP_tie_aware": 0.4}},
+    }
+
+
+def test_table_row_marks_uniform_dino_targets(study):
+    header_columns = study.TABLE_HEADER.splitlines()[0].count("|") - 1
+    for entropy, cell in ((0.99937, "0.9994 (uniform)"), (0.85712, "0.8571"), (None, "-")):
+        row = study.table_row("s", _result(entropy))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == header_columns
+        assert cells[-1] == cell
+        assert cells[2] == "0.500 (0.450)" and cells[4] == "18 (ok)"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dinov2.loss import DINOLoss
-from dinov2.loss.dino_clstoken_loss import sinkhorn_knopp
+from dinov2.loss.dino_clstoken_loss import normalized_entropy, sinkhorn_knopp
 
 
 def _reference_cross_entropy(student, teacher_probs, temp):
@@ -119,3 +119,13 @@ def test_sinkhorn_is_stable_for_large_logits():
     q = sinkhorn_knopp(logits, teacher_temp=0.04, n_samples_total=6)
     assert torch.isfinite(q).all()
     torch.testing.assert_close(q.double(), _reference_sinkhorn(logits, 0.04, 3), rtol=1e-4, atol=1e-6)
+
+
+def test_normalized_entropy_of_uniform_one_hot_and_hand_computed_rows():
+    assert normalized_entropy(torch.full((3, 8), 1 / 8)).item() == pytest.approx(1.0)
+    assert normalized_entropy(torch.eye(4)).item() == 0.0
+    # [0.5, 0.5, 0, 0]: ln 2 / ln 4 = 0.5; averaged with a uniform row: 0.75. Leading dimensions are averaged.
+    rows = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]]])
+    assert normalized_entropy(rows).item() == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        normalized_entropy(torch.ones(2, 1))

@@ -102,3 +102,28 @@ def test_a_teacher_above_chance_is_not_replaced_by_a_collapsed_one(tmp_path, tin
     best = torch.load(tmp_path / "eval" / "best" / "teacher_checkpoint.pth", weights_only=True)
     assert best["iteration"] == 1
     assert (tmp_path / "log.txt").read_text().count("new best") == 1
+
+
+def test_uniform_dino_targets_are_logged_and_summarised(tmp_path, tiny_arch):
+    # A teacher temperature of 1e3 makes every DINO target uniform: the term then carries no signal.
+    train_module.main(make_args(tmp_path, "teacher.teacher_temp=1000.0", "teacher.warmup_teacher_temp=1000.0"))
+    metrics = read_jsonl(tmp_path / "training_metrics.json")
+    assert all(m["dino_target_entropy"] > 0.999 for m in metrics)
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("DINO TARGETS UNIFORM: the teacher's DINO targets") == 2
+    assert "DINO TARGETS UNIFORM at 2 of 2 evaluations (iterations 1, 3)" in log
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert [c["iteration"] for c in saved["dino_targets"]] == [1, 3]
+    assert all(c["entropy"] > 0.999 for c in saved["dino_targets"])
+
+
+def test_sharp_dino_targets_give_no_uniform_warning(tmp_path, tiny_arch):
+    # At 1e-4 the centred targets are nearly one-hot.
+    train_module.main(make_args(tmp_path, "teacher.teacher_temp=0.0001", "teacher.warmup_teacher_temp=0.0001"))
+    metrics = read_jsonl(tmp_path / "training_metrics.json")
+    assert all(m["dino_target_entropy"] < 0.5 for m in metrics)
+    log = (tmp_path / "log.txt").read_text()
+    assert "DINO TARGETS UNIFORM" not in log
+    assert "DINO target entropy (of the maximum) at the last evaluation: 0." in log
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert len(saved["dino_targets"]) == 2 and all(c["entropy"] < 0.5 for c in saved["dino_targets"])

@@ -137,7 +137,8 @@ def test_switched_off_losses_are_absent(tiny_arch):
     batch = make_batch()
     batch["collated_local_crops"] = batch["collated_local_crops"][:0]
     losses = model.forward_backward(batch, teacher_temp=0.04)
-    assert set(losses) == {"dino_global_crops_loss", "total_loss"}
+    assert set(losses) == {"dino_global_crops_loss", "dino_target_entropy", "total_loss"}
+    assert 0.0 <= losses["dino_target_entropy"].item() <= 1.0
 
 
 def test_update_teacher_is_the_ema_formula(tiny_arch):
