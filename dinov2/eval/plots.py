@@ -170,12 +170,16 @@ def plot_retrieval_grid(
     return _save(figure, path)
 
 
+# The normalised entropy of the DINO targets, dashed on the mAP panel (a colour no loss line takes).
+DINO_ENTROPY_COLOR = "tab:cyan"
 # Loss terms drawn on the training-curve figure, in this order when present.
 _LOSS_TERMS = ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss", "hash_reg_loss")
 
 
 def plot_training_curves(training: Sequence[dict], evaluations: Sequence[dict], path: str, title: str = "") -> str:
     """Loss terms, learning rate and teacher temperature, and retrieval mAP against the iteration.
+
+    The mAP panel also shows ``dino_target_entropy`` (dashed) when the records have it.
 
     Args:
         training: records of ``training_metrics.json`` (``iteration`` and the logged values).
@@ -218,11 +222,21 @@ def plot_training_curves(training: Sequence[dict], evaluations: Sequence[dict], 
         retrieval.plot(x, y, marker="o", markersize=3)
         best = int(np.argmax(y))
         retrieval.annotate(f"best {y[best]:.4f}", (x[best], y[best]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    entropy = [r.get("dino_target_entropy") for r in training]
+    retrieval_title = "teacher retrieval mAP"
+    if any(v is not None for v in entropy):
+        # Same 0-1 scale as mAP: near 1 the DINO targets are uniform and the DINO term carries no signal.
+        retrieval.plot(
+            iterations, [np.nan if v is None else v for v in entropy], linestyle="--", linewidth=1.2,
+            color=DINO_ENTROPY_COLOR, label="DINO target entropy",
+        )  # fmt: skip
+        retrieval.legend(fontsize=7, loc="lower right")
+        retrieval_title += " (dashed: DINO target entropy)"
     retrieval.set_xlabel("iteration")
     retrieval.set_ylabel("mAP")
     retrieval.set_ylim(-0.02, 1.02)
     retrieval.grid(True, alpha=0.3)
-    retrieval.set_title("teacher retrieval mAP", fontsize=10)
+    retrieval.set_title(retrieval_title, fontsize=10)
     if title:
         figure.suptitle(title, fontsize=11)
     return _save(figure, path)

@@ -8,6 +8,7 @@ import pytest
 from matplotlib.colors import to_rgb
 
 from dinov2.eval.plots import (
+    DINO_ENTROPY_COLOR,
     IRRELEVANT_COLOR,
     RELEVANT_COLOR,
     plot_precision_at_k,
@@ -100,3 +101,13 @@ def test_training_curves_figure_and_missing_terms(tmp_path):
     read_png(plot_training_curves([{"iteration": 0, "total_loss": 1.0}], [], tmp_path / "bare.png"))
     with pytest.raises(ValueError, match="iteration"):
         plot_training_curves([{"total_loss": 1.0}], [], tmp_path / "none.png")
+
+
+def test_training_curves_draw_the_dino_target_entropy_when_logged(tmp_path):
+    training = [{"iteration": i, "total_loss": 10 - i, "teacher_temp": 0.04} for i in range(20)]
+    without = read_png(plot_training_curves(training, [], tmp_path / "without.png"))
+    for i, record in enumerate(training):
+        record["dino_target_entropy"] = 0.5 + 0.02 * i
+    with_entropy = read_png(plot_training_curves(training, [], tmp_path / "with.png"))
+    assert pixels_of_color(without, DINO_ENTROPY_COLOR) == 0
+    assert pixels_of_color(with_entropy, DINO_ENTROPY_COLOR) > 50
