@@ -200,8 +200,8 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
             logger.warning(
                 f"iteration {it}: DINO TARGETS UNIFORM: the teacher's DINO targets have {entropy:.4f} of the "
                 f"maximum entropy (mean of the last {len(meter.deque)} iterations), so the DINO term gives the "
-                "codes no signal; what the codes learn comes from the other terms (iBOT, KoLeo). Images that the "
-                "network maps to nearly one point do this (e.g. low-contrast images trained from scratch)"
+                "codes no signal and what they learn comes from the other loss terms. This happens when the teacher "
+                "maps every image to nearly one point (e.g. low-contrast images, trained from scratch)"
             )
 
     def evaluate(it: int) -> None:
