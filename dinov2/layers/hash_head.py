@@ -11,7 +11,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-POOLINGS = ("awp", "mean")
+POOLINGS = ("awp", "mean", "grid")
+# Cells per side of the "grid" pooling: the patch tokens averaged over a GRID_SIDE x GRID_SIDE grid.
+GRID_SIDE = 2
 VIEWS = ("global", "local")
 # LayerNorm eps of the pooled descriptor, as in the DINOv2 backbone and the reference.
 _NORM_EPS = 1e-6
@@ -101,11 +103,61 @@ class MeanPooling(nn.Module):
         return self.norm(torch.cat([cls_token, patch_tokens.mean(dim=1)], dim=-1)), None
 
 
+class GridPooling(nn.Module):
+    """CLS token next to the patch tokens averaged over a coarse grid of the crop (keeps the layout).
+
+    The patch grid (side s = sqrt(N)) is average-pooled to GRID_SIDE x GRID_SIDE cells; each cell is
+    projected (one shared linear map) to D / GRID_SIDE^2 features and the cells are concatenated in
+    raster order, so the descriptor keeps where in the crop the content lies, which a mean over the
+    patches loses.
+
+    Args:
+        embed_dim: backbone width D, a multiple of GRID_SIDE^2.
+        num_patches: number of patch tokens N, a square.
+    """
+
+    def __init__(self, embed_dim: int, num_patches: int) -> None:
+        super().__init__()
+        cells = GRID_SIDE * GRID_SIDE
+        side = int(round(num_patches**0.5)) if num_patches > 0 else 0
+        if embed_dim <= 0 or embed_dim % cells != 0:
+            raise ValueError(f"GridPooling needs embed_dim a positive multiple of {cells}, got {embed_dim}")
+        if side * side != num_patches or num_patches <= 0:
+            raise ValueError(f"GridPooling needs a square number of patches, got {num_patches}")
+        self.num_patches = num_patches
+        self.side = side
+        self.cell_proj = nn.Linear(embed_dim, embed_dim // cells)
+        self.norm = nn.LayerNorm(2 * embed_dim, eps=_NORM_EPS)
+
+    def forward(self, cls_token: torch.Tensor, patch_tokens: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        """
+        Args:
+            cls_token: [B, D] normalised CLS token.
+            patch_tokens: [B, N, D] normalised patch tokens, N = num_patches.
+
+        Returns:
+            pooled: [B, 2D] LayerNorm(concat(cls, proj(cell_1), ..., proj(cell_G^2))).
+            weights: None (no learned patch weights).
+        """
+        b, n, d = patch_tokens.shape
+        if n != self.num_patches:
+            raise ValueError(
+                f"GridPooling built for num_patches={self.num_patches} got {n} patch tokens "
+                f"(patch_tokens shape {tuple(patch_tokens.shape)})"
+            )
+        grid = patch_tokens.transpose(1, 2).reshape(b, d, self.side, self.side)
+        cells = nn.functional.adaptive_avg_pool2d(grid, GRID_SIDE).flatten(2).transpose(1, 2)  # [B, G^2, D]
+        layout = self.cell_proj(cells).flatten(1)  # [B, D]
+        return self.norm(torch.cat([cls_token, layout], dim=-1)), None
+
+
 def _make_pooling(pooling: str, embed_dim: int, num_patches: int) -> nn.Module:
     if pooling == "awp":
         return AttentionWeightedPooling(embed_dim, num_patches)
     if pooling == "mean":
         return MeanPooling(embed_dim)
+    if pooling == "grid":
+        return GridPooling(embed_dim, num_patches)
     raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}")
 
 
@@ -118,7 +170,8 @@ class HashHead(nn.Module):
         num_patches_global: patch tokens per global crop (e.g. (224/14)^2 = 256).
         num_patches_local: patch tokens per local crop (e.g. (98/14)^2 = 49).
         patch_proj_dim: width of the per-patch projection fed to the iBOT head.
-        pooling: "awp" (attention-weighted pooling) or "mean" (the "w/o AWP" ablation).
+        pooling: "awp" (attention-weighted pooling), "mean" (the "w/o AWP" ablation) or "grid"
+            (GridPooling: the layout of the patch tokens on a coarse grid; not in the reference).
     """
 
     def __init__(

@@ -269,7 +269,7 @@ _INTERVAL_KEYS = {
 _CHOICES = {
     "train.centering": ("centering", "sinkhorn_knopp"),
     "train.device": ("auto", "cpu", "cuda"),
-    "hash.pooling": ("awp", "mean"),
+    "hash.pooling": ("awp", "mean", "grid"),
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused", "identity"),
     "evaluation.select_on": ("query", "val"),
     "data.source": ("class_folders", "image_list", "folder_tree", "auto"),

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov2.layers.hash_head import AttentionWeightedPooling, HashHead, MeanPooling
+from dinov2.layers.hash_head import POOLINGS, AttentionWeightedPooling, GridPooling, HashHead, MeanPooling
+from dinov2.utils.config import _CHOICES
 
 EMBED_DIM = 32
 HASH_BIT = 16
@@ -139,7 +140,62 @@ def test_mean_pooling_head():
     assert out["codes"].shape == (2, HASH_BIT)
 
 
-@pytest.mark.parametrize("pooling", ["awp", "mean"])
+def test_grid_pooling_matches_formula():
+    pool = GridPooling(EMBED_DIM, N_GLOBAL)
+    _randomise(pool)
+    cls_token, patch_tokens = _tokens(3, N_GLOBAL, seed=4)
+    pooled, weights = pool(cls_token, patch_tokens)
+    assert weights is None and pooled.shape == (3, 2 * EMBED_DIM)
+    # The 4x4 patch grid in raster order; cell (i, j) of the 2x2 grid averages rows 2i, 2i+1 and columns 2j, 2j+1.
+    grid = patch_tokens.reshape(3, 4, 4, EMBED_DIM)
+    cells = [grid[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(1, 2)) for i in range(2) for j in range(2)]
+    layout = torch.cat([F.linear(c, pool.cell_proj.weight, pool.cell_proj.bias) for c in cells], dim=1)
+    expected = F.layer_norm(
+        torch.cat([cls_token, layout], dim=1), (2 * EMBED_DIM,), pool.norm.weight, pool.norm.bias, eps=1e-6
+    )
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_grid_pooling_keeps_the_layout_that_mean_pooling_loses():
+    cls_token, patch_tokens = _tokens(2, N_GLOBAL, seed=5)
+    flipped = patch_tokens.reshape(2, 4, 4, EMBED_DIM).flip(2).reshape(2, N_GLOBAL, EMBED_DIM)  # mirror left-right
+    grid, mean = GridPooling(EMBED_DIM, N_GLOBAL), MeanPooling(EMBED_DIM)
+    _randomise(grid)
+    _randomise(mean)
+    torch.testing.assert_close(mean(cls_token, flipped)[0], mean(cls_token, patch_tokens)[0])
+    assert (grid(cls_token, flipped)[0] - grid(cls_token, patch_tokens)[0]).abs().max() > 1e-2
+
+
+def test_grid_pooling_head_on_both_crop_sizes():
+    head = HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL, pooling="grid")
+    assert isinstance(head.pool_global, GridPooling) and isinstance(head.pool_local, GridPooling)
+    for view, n in (("global", N_GLOBAL), ("local", N_LOCAL)):
+        out = head(*_tokens(2, n), view=view)
+        assert out["codes"].shape == (2, HASH_BIT) and out["patch_weights"] is None
+
+
+def test_grid_pooling_on_an_odd_patch_grid():
+    # ViT-S/14 local crops of 98 px: a 7x7 patch grid, split into overlapping cells by adaptive pooling.
+    pool = GridPooling(EMBED_DIM, 49)
+    cls_token, patch_tokens = _tokens(2, 49, seed=6)
+    pooled, _ = pool(cls_token, patch_tokens)
+    assert pooled.shape == (2, 2 * EMBED_DIM) and torch.isfinite(pooled).all()
+
+
+def test_grid_pooling_errors():
+    with pytest.raises(ValueError, match="multiple of 4, got 30"):
+        GridPooling(30, N_GLOBAL)
+    with pytest.raises(ValueError, match="square number of patches, got 12"):
+        GridPooling(EMBED_DIM, 12)
+    with pytest.raises(ValueError, match=rf"num_patches={N_GLOBAL}.*got {N_LOCAL}"):
+        GridPooling(EMBED_DIM, N_GLOBAL)(*_tokens(2, N_LOCAL))
+
+
+def test_config_accepts_every_pooling():
+    assert _CHOICES["hash.pooling"] == POOLINGS
+
+
+@pytest.mark.parametrize("pooling", ["awp", "mean", "grid"])
 @pytest.mark.parametrize("view, n_patches", [("global", N_GLOBAL), ("local", N_LOCAL)])
 def test_gradients_reach_every_used_parameter(pooling, view, n_patches):
     head = HashHead(EMBED_DIM, HASH_BIT, N_GLOBAL, N_LOCAL, patch_proj_dim=PROJ_DIM, pooling=pooling)

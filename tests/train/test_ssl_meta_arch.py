@@ -120,8 +120,9 @@ def test_forward_backward_matches_independent_loss_computation(tiny_arch):
     torch.testing.assert_close(losses["total_loss"], expected_total, rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_reach_every_student_parameter_and_no_teacher_parameter(tiny_arch):
-    model = SSLMetaArch(tiny_cfg())
+@pytest.mark.parametrize("pooling", ["awp", "grid"])
+def test_gradients_reach_every_student_parameter_and_no_teacher_parameter(tiny_arch, pooling):
+    model = SSLMetaArch(tiny_cfg(f"hash.pooling={pooling}"))
     model.train()
     model.forward_backward(make_batch(), teacher_temp=0.04)
     no_grad = [n for n, p in model.student.named_parameters() if p.requires_grad and p.grad is None]
