@@ -29,6 +29,16 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _check_num_patches(pool: nn.Module, patch_tokens: torch.Tensor) -> None:
+    """A pooling with one parameter or cell per patch position must get the N it was built for."""
+    n = patch_tokens.shape[1]
+    if n != pool.num_patches:
+        raise ValueError(
+            f"{type(pool).__name__} built for num_patches={pool.num_patches} got {n} patch tokens "
+            f"(patch_tokens shape {tuple(patch_tokens.shape)})"
+        )
+
+
 class AttentionWeightedPooling(nn.Module):
     """Attention-weighted pooling (AWP) of the patch tokens of one crop size.
 
@@ -64,12 +74,7 @@ class AttentionWeightedPooling(nn.Module):
             pooled: [B, 2D] LayerNorm(concat(cls, mean_n(w_n * P_n))).
             weights: [B, N] patch weights in (0, 1).
         """
-        n = patch_tokens.shape[1]
-        if n != self.num_patches:
-            raise ValueError(
-                f"AttentionWeightedPooling built for num_patches={self.num_patches} got {n} patch tokens "
-                f"(patch_tokens shape {tuple(patch_tokens.shape)})"
-            )
+        _check_num_patches(self, patch_tokens)
         gate_input = torch.cat([cls_token, patch_tokens.mean(dim=1)], dim=-1)  # [B, 2D]
         weights = torch.sigmoid(self.attention_net(gate_input))  # [B, N]
         weighted_mean = (patch_tokens * weights.unsqueeze(-1)).mean(dim=1)  # [B, D]
@@ -139,12 +144,8 @@ class GridPooling(nn.Module):
             pooled: [B, 2D] LayerNorm(concat(cls, proj(cell_1), ..., proj(cell_G^2))).
             weights: None (no learned patch weights).
         """
-        b, n, d = patch_tokens.shape
-        if n != self.num_patches:
-            raise ValueError(
-                f"GridPooling built for num_patches={self.num_patches} got {n} patch tokens "
-                f"(patch_tokens shape {tuple(patch_tokens.shape)})"
-            )
+        _check_num_patches(self, patch_tokens)
+        b, _, d = patch_tokens.shape
         grid = patch_tokens.transpose(1, 2).reshape(b, d, self.side, self.side)
         cells = nn.functional.adaptive_avg_pool2d(grid, GRID_SIDE).flatten(2).transpose(1, 2)  # [B, G^2, D]
         layout = self.cell_proj(cells).flatten(1)  # [B, D]
