@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from dinov2.configs import dinov2_default_config
+from dinov2.layers.hash_head import POOLINGS
 from dinov2.utils.checkpoint import atomic_write_text
 
 logger = logging.getLogger("dinov2")
@@ -269,7 +270,7 @@ _INTERVAL_KEYS = {
 _CHOICES = {
     "train.centering": ("centering", "sinkhorn_knopp"),
     "train.device": ("auto", "cpu", "cuda"),
-    "hash.pooling": ("awp", "mean", "grid"),
+    "hash.pooling": POOLINGS,
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused", "identity"),
     "evaluation.select_on": ("query", "val"),
     "data.source": ("class_folders", "image_list", "folder_tree", "auto"),
