@@ -173,7 +173,15 @@ def plot_retrieval_grid(
 # The normalised entropy of the DINO targets, dashed on the mAP panel (a colour no loss line takes).
 DINO_ENTROPY_COLOR = "tab:cyan"
 # Loss terms drawn on the training-curve figure, in this order when present.
-_LOSS_TERMS = ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss", "hash_reg_loss")
+_LOSS_TERMS = (
+    "total_loss",
+    "dino_global_crops_loss",
+    "dino_local_crops_loss",
+    "ibot_loss",
+    "koleo_loss",
+    "contrastive_loss",
+    "hash_reg_loss",
+)
 
 
 def plot_training_curves(training: Sequence[dict], evaluations: Sequence[dict], path: str, title: str = "") -> str:

@@ -15,7 +15,14 @@ from torch import nn
 from dinov2 import distributed
 from dinov2.fsdp import free_if_fsdp, get_fsdp_modules, get_fsdp_wrapper, is_fsdp
 from dinov2.layers import DINOHead
-from dinov2.loss import DINOLoss, HashQuantizationLoss, KoLeoLoss, iBOTPatchLoss, normalized_entropy
+from dinov2.loss import (
+    CodeContrastiveLoss,
+    DINOLoss,
+    HashQuantizationLoss,
+    KoLeoLoss,
+    iBOTPatchLoss,
+    normalized_entropy,
+)
 from dinov2.models import build_model_from_cfg
 from dinov2.models.hashing_network import build_hash_head
 from dinov2.utils.config import ConfigError, validate_config
@@ -67,6 +74,7 @@ class SSLMetaArch(nn.Module):
         self.do_koleo = cfg.dino.koleo_loss_weight > 0
         self.do_ibot = cfg.ibot.loss_weight > 0
         self.do_hash_reg = bool(cfg.hash.do_or_not) and cfg.hash.loss_hash_reg > 0
+        self.do_contrastive = cfg.hash.loss_contrastive > 0
         if not cfg.ibot.separate_head:
             raise ConfigError(
                 "ibot.separate_head=false is not supported: dino_head consumes the "
@@ -90,6 +98,7 @@ class SSLMetaArch(nn.Module):
         self.ibot_patch_loss = iBOTPatchLoss(cfg.ibot.head_n_prototypes)
         self.koleo_loss = KoLeoLoss()
         self.hash_reg_loss = HashQuantizationLoss()
+        self.code_contrastive_loss = CodeContrastiveLoss(cfg.hash.contrastive_temp)
 
         # The teacher starts as an exact copy of the student and never receives gradients.
         for k in self.student.keys():
@@ -99,7 +108,7 @@ class SSLMetaArch(nn.Module):
         logger.info(
             f"SDSH meta-architecture: {cfg.student.arch}/{self.patch_size}, {self.hash_bit}-bit codes, "
             f"pooling={cfg.hash.pooling}, losses: dino={self.do_dino} ibot={self.do_ibot} "
-            f"koleo={self.do_koleo} hash_reg={self.do_hash_reg}"
+            f"koleo={self.do_koleo} hash_reg={self.do_hash_reg} contrastive={self.do_contrastive}"
         )
 
     @staticmethod
@@ -233,6 +242,11 @@ class SSLMetaArch(nn.Module):
             koleo = sum(self.koleo_loss(chunk) for chunk in codes_global.chunk(N_GLOBAL_CROPS))
             loss_dict["koleo_loss"] = koleo / N_GLOBAL_CROPS
             loss_terms.append(self.cfg.dino.koleo_loss_weight * koleo)
+        if self.do_contrastive:
+            # The two global crops of each image are the positive pair; the batch's other images the negatives.
+            contrastive = self.code_contrastive_loss(*codes_global.chunk(N_GLOBAL_CROPS))
+            loss_dict["contrastive_loss"] = contrastive
+            loss_terms.append(self.cfg.hash.loss_contrastive * contrastive)
         if do_ibot:
             patch_proj = hashed_global["patch_proj"]  # [2B, N, 256]
             buffer = patch_proj.new_zeros(upperbound, patch_proj.shape[-1])

@@ -201,7 +201,8 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
                 f"iteration {it}: DINO TARGETS UNIFORM: the teacher's DINO targets have {entropy:.4f} of the "
                 f"maximum entropy (mean of the last {len(meter.deque)} iterations), so the DINO term gives the "
                 "codes no signal and what they learn comes from the other loss terms. This happens when the teacher "
-                "maps every image to nearly one point (e.g. low-contrast images, trained from scratch)"
+                "maps every image to nearly one point (e.g. low-contrast images, trained from scratch); "
+                f"hash.loss_contrastive (now {cfg.hash.loss_contrastive}) ties the two views' codes without it"
             )
 
     def evaluate(it: int) -> None:
@@ -222,7 +223,8 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
             stopped = (
                 f"train.stop_on_collapse: the teacher's database codes collapsed at {collapsed_in_a_row} evaluations in "
                 f"a row (last at iteration {it}, see {evaluator.metrics_file}); the run stops here. "
-                "Change the recipe (e.g. optim.base_lr, teacher temperatures, hash.loss_hash_reg) and start again"
+                "Change the recipe (e.g. optim.base_lr, teacher temperatures, hash.loss_hash_reg, hash.loss_contrastive) "
+                "and start again"
             )
             logger.error(stopped)
 

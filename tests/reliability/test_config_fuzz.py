@@ -42,6 +42,8 @@ FUZZED_KEYS = [
     "hash.hash_bit",
     "hash.patch_proj_dim",
     "hash.pooling",
+    "hash.loss_contrastive",
+    "hash.contrastive_temp",
     "dino.head_n_prototypes",
     "dino.head_nlayers",
     "ibot.head_hidden_dim",
@@ -143,6 +145,8 @@ def test_random_typed_values_from_a_config_file_are_refused_by_name_or_build(tin
         ("hash.hash_bit=0", "hash.hash_bit"),
         ("evaluation.topk=0", "evaluation.topk"),
         ("hash.pooling=max", "hash.pooling"),
+        ("hash.loss_contrastive=-1", "hash.loss_contrastive"),
+        ("hash.contrastive_temp=0", "hash.contrastive_temp"),
     ],
 )
 def test_validate_config_names_each_key(opt, expected):

@@ -112,6 +112,7 @@ def test_uniform_dino_targets_are_logged_and_summarised(tmp_path, tiny_arch):
     log = (tmp_path / "log.txt").read_text()
     assert log.count("DINO TARGETS UNIFORM: the teacher's DINO targets") == 2
     assert "DINO TARGETS UNIFORM at 2 of 2 evaluations (iterations 1, 3)" in log
+    assert log.count("hash.loss_contrastive (now 0.0) ties the two views' codes without it") == 2
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert [c["iteration"] for c in saved["dino_targets"]] == [1, 3]
     assert all(c["entropy"] > 0.999 for c in saved["dino_targets"])

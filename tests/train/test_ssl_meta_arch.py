@@ -120,6 +120,31 @@ def test_forward_backward_matches_independent_loss_computation(tiny_arch):
     torch.testing.assert_close(losses["total_loss"], expected_total, rtol=1e-5, atol=1e-6)
 
 
+def test_contrastive_term_is_the_cross_view_infonce_of_the_student_codes(tiny_arch):
+    # The same model and batch with and without the term: the totals differ by weight x the term.
+    torch.manual_seed(0)
+    with_term = SSLMetaArch(tiny_cfg("hash.loss_contrastive=0.5", "hash.contrastive_temp=0.3"))
+    without = SSLMetaArch(tiny_cfg())
+    without.load_state_dict(with_term.state_dict())
+    with_term.train()
+    without.train()
+    batch = make_batch(batch_size=4)
+    losses = with_term.forward_backward(batch, teacher_temp=0.04)
+    plain = without.forward_backward(batch, teacher_temp=0.04)
+    assert "contrastive_loss" not in plain
+
+    st = copy.deepcopy(without.student)
+    with torch.no_grad():
+        out = st.backbone.forward_features(batch["collated_global_crops"], masks=batch["collated_masks"])
+        codes = st.hash_head(out["x_norm_clstoken"], out["x_norm_patchtokens"], "global")["codes"]
+    a, b = F.normalize(codes, dim=-1).chunk(2)
+    logits = a @ b.t() / 0.3
+    labels = torch.arange(4)
+    expected = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    torch.testing.assert_close(losses["contrastive_loss"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["total_loss"] - plain["total_loss"], 0.5 * expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("pooling", ["awp", "grid"])
 def test_gradients_reach_every_student_parameter_and_no_teacher_parameter(tiny_arch, pooling):
     model = SSLMetaArch(tiny_cfg(f"hash.pooling={pooling}"))
