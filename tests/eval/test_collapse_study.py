@@ -61,11 +61,13 @@ def test_help_and_unknown_set(study, capsys):
 
 
 def _result(entropy):
-    evaluation = {"mAP": 0.5, "mAP_tie_aware": 0.45, "num_database": 20, "distinct_codes": 18, "collapse": "ok"}
+    evaluation = {"mAP": 0.5, "mAP_tie_aware": 0.45, "num_database": 20, "distinct_codes": 18, "collapse": "ok",
+                  "largest_bucket_fraction": 0.1}  # fmt: skip
+    itq = {"mAP_tie_aware": 0.4, "distinct_codes": 9, "largest_bucket_fraction": 0.25, "collapse": "partial"}
     return {
         "classes": 2,
         "sdsh": {"best": evaluation, "last": evaluation, "random_codes_tie_aware": 0.5, "dino_target_entropy": entropy},
-        "baselines": {"lsh": {"mAP_tie_aware": 0.3}, "itq": {"mAP_tie_aware": 0.4}},
+        "baselines": {"lsh": {"mAP_tie_aware": 0.3, "collapse": "ok"}, "itq": itq},
     }
 
 
@@ -76,4 +78,6 @@ def test_table_row_marks_uniform_dino_targets(study):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == header_columns
         assert cells[-1] == cell
-        assert cells[2] == "0.500 (0.450)" and cells[4] == "18 (ok)"
+        assert cells[2] == "0.500 (0.450)" and cells[4] == "18 / 10.0% (ok)"
+        # A baseline's codes are shown only when the collapse rule flags them.
+        assert cells[6] == "0.300" and cells[7] == "0.400 (9 / 25.0% (partial))"
