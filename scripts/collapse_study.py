@@ -155,7 +155,7 @@ def train_sdsh(data: str, output_dir: str, iterations: int, opts: List[str]) -> 
             "dino_target_entropy": dino[-1]["entropy"] if dino else None}  # fmt: skip
 
 
-def pixel_baselines(data: str, output_dir: str) -> Dict[str, Dict[str, float]]:
+def pixel_baselines(data: str, output_dir: str) -> Dict[str, Dict[str, Any]]:
     """LSH and ITQ on 16x16 pixels of the same split, at the preset's code length."""
     argv = ["--config-file", PRESET, "--output-dir", output_dir, "--bits", str(BITS), "--methods", "lsh,itq",
             f"train.data_path={data}", "train.num_workers=0", "evaluation.num_workers=0"]  # fmt: skip
