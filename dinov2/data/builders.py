@@ -131,13 +131,7 @@ def build_train_loader(cfg, root: str, input_dtype: torch.dtype, start_iter: int
     if distributed.is_main_process():
         manifest = dataset.write_manifest(os.path.join(cfg.train.output_dir, "split_manifest.csv"))
         logger.info(f"split manifest: {manifest}")
-    patch = cfg.student.patch_size
-    if crops.global_crops_size % patch or crops.local_crops_size % patch:
-        raise ConfigError(
-            f"crops.global_crops_size={crops.global_crops_size} and crops.local_crops_size={crops.local_crops_size} "
-            f"must be multiples of student.patch_size={patch}"
-        )
-    grid = crops.global_crops_size // patch
+    grid = crops.global_crops_size // cfg.student.patch_size
     mask_generator = MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid)
     collate_fn = partial(
         collate_data_and_cast,

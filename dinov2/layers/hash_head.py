@@ -185,10 +185,6 @@ class HashHead(nn.Module):
         pooling: str = "awp",
     ) -> None:
         super().__init__()
-        if hash_bit <= 0:
-            raise ValueError(f"hash_bit must be a positive number of bits, got {hash_bit}")
-        if patch_proj_dim <= 0:
-            raise ValueError(f"patch_proj_dim must be positive, got {patch_proj_dim}")
         self.embed_dim = embed_dim
         self.hash_bit = hash_bit
         self.pooling = pooling

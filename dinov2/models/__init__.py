@@ -1,6 +1,21 @@
+"""Backbones and the inference network built from a config: the one place models are made from ``cfg``."""
+
 import logging
+from typing import Optional, Tuple
+
+import torch
+
+from dinov2.checkpoint import (
+    CheckpointFormatError,
+    load_hashing_state_dict,
+    load_pretrained_weights,
+    read_checkpoint,
+    read_hashing_checkpoint,
+)
+from dinov2.utils.config import ConfigError, fix_random_seeds
 
 from . import vision_transformer as vits
+from .hashing_network import NETWORK_CONFIG_SECTIONS, HashingNetwork, build_hash_head
 
 logger = logging.getLogger("dinov2")
 
@@ -29,8 +44,6 @@ def build_model(args, only_teacher: bool = False, img_size: int = 224):
     factory = getattr(vits, arch, None) if "vit" in arch else None
     if not callable(factory):
         raise ValueError(f"unknown student.arch {args.arch!r}, expected one of {_known_archs()}")
-    if img_size % args.patch_size:
-        raise ValueError(f"image size {img_size} is not divisible by student.patch_size {args.patch_size}")
     vit_kwargs = dict(
         img_size=img_size,
         patch_size=args.patch_size,
@@ -61,15 +74,69 @@ def build_model_from_cfg(cfg, only_teacher: bool = False):
     Returns:
         as ``build_model``.
     """
-    img_size = cfg.crops.global_crops_size
-    if img_size % cfg.student.patch_size:
-        raise ValueError(
-            f"crops.global_crops_size {img_size} is not divisible by student.patch_size {cfg.student.patch_size}"
-        )
-    return build_model(cfg.student, only_teacher=only_teacher, img_size=img_size)
+    return build_model(cfg.student, only_teacher=only_teacher, img_size=cfg.crops.global_crops_size)
 
 
-# Imported last: the hashing network builds its backbone with build_model_from_cfg above.
-from .hashing_network import HashingNetwork, build_hashing_network  # noqa: E402
+def build_hashing_network(cfg, weights: Optional[str] = None) -> HashingNetwork:
+    """Build the teacher's backbone and hash head from ``cfg`` and load ``weights``.
 
-__all__ = ["HashingNetwork", "build_hashing_network", "build_model", "build_model_from_cfg"]
+    Args:
+        cfg: the merged configuration.
+        weights: path of a checkpoint (see ``dinov2.checkpoint``), or None for
+            random weights (the backbone then gets ``student.pretrained_weights`` if set).
+    Returns:
+        A HashingNetwork in eval mode on the CPU.
+    Raises:
+        CheckpointFormatError: unreadable file or a layout that does not match the config.
+    """
+    backbone, embed_dim = build_model_from_cfg(cfg, only_teacher=True)
+    model = HashingNetwork(backbone, build_hash_head(cfg, embed_dim))
+    if weights:
+        state_dict, fmt = read_hashing_checkpoint(weights)
+        if fmt == "dinov2_backbone":
+            load_pretrained_weights(model.backbone, weights, None)
+            logger.warning(f"{weights} is a bare DINOv2 backbone: the hash head keeps its random initialisation")
+        else:
+            load_hashing_state_dict(model, state_dict, f"checkpoint {weights} ({fmt})")
+            logger.info(f"loaded {fmt} checkpoint {weights}")
+    elif cfg.student.pretrained_weights:
+        load_pretrained_weights(model.backbone, cfg.student.pretrained_weights, None)
+    return model.eval()
+
+
+def load_hashing_network(cfg, weights: str, device: torch.device) -> Tuple[HashingNetwork, str]:
+    """The teacher's backbone and hash head with ``weights`` loaded, in eval mode on ``device``.
+
+    Random weights (``weights`` empty) are reproducible: the modules are initialised right after
+    seeding with ``train.seed``.
+
+    Returns:
+        (network, checkpoint format name; ``random`` without weights).
+    Raises:
+        CheckpointFormatError: unreadable file or a layout that does not match the config.
+        ConfigError: the config's network cannot be built with these weights.
+    """
+    fmt = "random"
+    if weights:
+        fmt = read_checkpoint(weights)["format"]
+    fix_random_seeds(cfg.train.seed)
+    try:
+        network = build_hashing_network(cfg, weights or None)
+    except (CheckpointFormatError, ConfigError):
+        raise
+    except (ValueError, RuntimeError) as exc:
+        # e.g. an unknown student.arch or pretrained weights of another architecture
+        source = weights or cfg.student.pretrained_weights or "random weights"
+        raise ConfigError(f"cannot build the network of the config with {source}: {exc}") from None
+    return network.to(device).eval(), fmt
+
+
+__all__ = [
+    "NETWORK_CONFIG_SECTIONS",
+    "HashingNetwork",
+    "build_hash_head",
+    "build_hashing_network",
+    "build_model",
+    "build_model_from_cfg",
+    "load_hashing_network",
+]

@@ -30,7 +30,7 @@ from dinov2.data.datasets import open_image_source
 from dinov2.distributed.devices import select_device
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.hashing import binarize, pack_codes_padded
-from dinov2.models.hashing_network import NETWORK_CONFIG_SECTIONS, load_hashing_network
+from dinov2.models import NETWORK_CONFIG_SECTIONS, load_hashing_network
 from dinov2.search.index import BinaryIndex, IndexFormatError
 
 FORMAT_NAME = "sdsh-archive-index"

@@ -22,7 +22,7 @@ from dinov2.data import ImageLoadError, make_classification_eval_transform
 from dinov2.data.datasets import SOURCES, load_image_rgb
 from dinov2.distributed.devices import select_device
 from dinov2.logging import setup_logging
-from dinov2.models.hashing_network import load_hashing_network
+from dinov2.models import load_hashing_network
 from dinov2.search.archive import (
     CHUNKS_DIR,
     DEFAULT_CHUNK_SIZE,

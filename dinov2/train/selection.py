@@ -17,7 +17,7 @@ from dinov2.checkpoint import FSDPCheckpointer, atomic_write_text, load_torch_fi
 from dinov2.eval.hashing.collapse import describe_collapse
 from dinov2.eval.metrics import selection_value
 from dinov2.eval.plots import draw_training_curves
-from dinov2.models.hashing_network import build_hashing_network
+from dinov2.models import build_hashing_network
 from dinov2.train.evaluator import RetrievalEvaluator, teacher_encoder
 
 logger = logging.getLogger("dinov2")

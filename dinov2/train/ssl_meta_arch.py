@@ -26,7 +26,7 @@ from dinov2.loss import (
 )
 from dinov2.models import build_model_from_cfg
 from dinov2.models.hashing_network import build_hash_head
-from dinov2.utils.config import ConfigError, validate_config
+from dinov2.utils.config import ConfigError
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
 
 logger = logging.getLogger("dinov2")
@@ -52,8 +52,6 @@ class SSLMetaArch(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        # Bad values stop here with their key named, before any module is built from them.
-        validate_config(cfg)
         self.cfg = cfg
         # Set by TrainingSetup for fp16 (GradScaler or ShardedGradScaler); None trains without scaling.
         self.fp16_scaler = None
@@ -75,13 +73,6 @@ class SSLMetaArch(nn.Module):
         self.do_ibot = cfg.ibot.loss_weight > 0
         self.do_hash_reg = bool(cfg.hash.do_or_not) and cfg.hash.loss_hash_reg > 0
         self.do_contrastive = cfg.hash.loss_contrastive > 0
-        if not cfg.ibot.separate_head:
-            raise ConfigError(
-                "ibot.separate_head=false is not supported: dino_head consumes the "
-                f"{cfg.hash.hash_bit}-bit codes while iBOT consumes {cfg.hash.patch_proj_dim}-d patch projections"
-            )
-        if cfg.crops.local_crops_number < 0:
-            raise ConfigError(f"crops.local_crops_number={cfg.crops.local_crops_number} must be >= 0")
 
         student, teacher = {}, {}
         student["backbone"], teacher["backbone"] = student_backbone, teacher_backbone
@@ -153,8 +144,7 @@ class SSLMetaArch(nn.Module):
             buffer[:n_masked_patches] = torch.index_select(patch_proj.flatten(0, 1), 0, mask_indices_list)
             ibot_logits = self.teacher.ibot_head(buffer)[:n_masked_patches]  # [M, P]
 
-        centering = self.cfg.train.centering
-        if centering == "centering":
+        if self.cfg.train.centering == "centering":
             dino_targets = self.dino_loss.softmax_center_teacher(teacher_dino_logits, teacher_temp=teacher_temp)
             self.dino_loss.update_center(teacher_dino_logits)
             ibot_targets = None
@@ -163,15 +153,13 @@ class SSLMetaArch(nn.Module):
                     ibot_logits.unsqueeze(0), teacher_temp=teacher_temp
                 ).squeeze(0)
                 self.ibot_patch_loss.update_center(ibot_logits.unsqueeze(0))
-        elif centering == "sinkhorn_knopp":
+        else:  # sinkhorn_knopp (validate_config allows no other value)
             dino_targets = self.dino_loss.sinkhorn_knopp_teacher(teacher_dino_logits, teacher_temp=teacher_temp)
             ibot_targets = None
             if ibot_logits is not None:
                 ibot_targets = self.ibot_patch_loss.sinkhorn_knopp_teacher(
                     ibot_logits, teacher_temp=teacher_temp, n_masked_patches_tensor=n_masked_patches_tensor
                 )
-        else:
-            raise ConfigError(f"train.centering: unknown value '{centering}' (expected centering or sinkhorn_knopp)")
         dino_targets = dino_targets.view(N_GLOBAL_CROPS, -1, dino_targets.shape[-1])
         return dino_targets, ibot_targets
 
@@ -266,8 +254,6 @@ class SSLMetaArch(nn.Module):
             hash_reg = self.hash_reg_loss(codes_global)
             loss_dict["hash_reg_loss"] = hash_reg
             loss_terms.append(self.cfg.hash.loss_hash_reg * hash_reg)
-        if not loss_terms:
-            raise ConfigError("every loss is switched off (dino.loss_weight, ibot.loss_weight, ... are all 0)")
         total = sum(loss_terms)
         loss_dict["total_loss"] = total
 

@@ -140,7 +140,8 @@ def merge_config(
     Returns:
         The merged configuration.
     Raises:
-        ConfigError: unreadable file, malformed option or a key the default does not declare.
+        ConfigError: unreadable file, malformed option, a key the default does not declare, or a value
+            ``validate_config`` refuses.
     """
     cfg = OmegaConf.create(default if default is not None else dinov2_default_config)
     if config_file:
@@ -168,7 +169,8 @@ def merge_config(
         _check_known_keys(cfg, opts_cfg, "command-line options")
         opts_cfg = _empty_strings_for_null(cfg, opts_cfg)
         cfg = _merge(cfg, opts_cfg, "command-line options")
-    return cfg
+    # The one value check of the config: everything built from it below takes its values as given.
+    return validate_config(cfg)
 
 
 def _empty_strings_for_null(default: DictConfig, override: DictConfig) -> DictConfig:
@@ -279,6 +281,14 @@ _CHOICES = {
     "optim.scaling_rule": ("sqrt_wrt_1024",),
 }
 _MISSING = object()
+# The weights of every loss term; at least one must be > 0 (hash.loss_hash_reg counts when hash.do_or_not).
+_LOSS_WEIGHTS = (
+    "dino.loss_weight",
+    "dino.koleo_loss_weight",
+    "ibot.loss_weight",
+    "hash.loss_hash_reg",
+    "hash.loss_contrastive",
+)
 
 
 def _is_int(value) -> bool:
@@ -358,6 +368,16 @@ def validate_config(cfg: DictConfig) -> DictConfig:
             size = get(key)
             if _is_int(size) and size % patch:
                 fail(key, size, f"a multiple of student.patch_size={patch}")
+    if get("ibot.separate_head") is False:
+        # dino_head consumes the K-bit codes while iBOT consumes the patch projections: no shared head.
+        fail("ibot.separate_head", False, "true (the DINO head takes the hash codes, the iBOT head the patch projections)")
+    weights = {key: get(key) for key in _LOSS_WEIGHTS}
+    if get("hash.do_or_not") is False:
+        weights.pop("hash.loss_hash_reg")
+    if all(_is_number(w) for w in weights.values()) and not any(w > 0 for w in weights.values()):
+        raise ConfigError(f"every loss is switched off: {', '.join(f'{k}=0' for k in weights)}; set one of them > 0")
+    if get("evaluation.select_on") == "val" and _is_number(get("data.val_ratio")) and get("data.val_ratio") <= 0:
+        fail("evaluation.select_on", "val", "query, or data.val_ratio > 0 (a validation split to select on)")
     epochs = get("optim.epochs")
     if _is_int(epochs):
         for key in ("optim.warmup_epochs", "optim.freeze_last_layer_epochs"):
@@ -414,7 +434,6 @@ def setup(args, world_size: Optional[int] = None, rank: int = 0) -> DictConfig:
     os.makedirs(args.output_dir, exist_ok=True)
     if world_size is None:
         world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    validate_config(cfg)
     fix_random_seeds(cfg.train.seed + rank)
     apply_scaling_rules_to_cfg(cfg, world_size)
     if rank == 0:

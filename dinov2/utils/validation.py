@@ -10,7 +10,7 @@ then the dataset root. Each problem is a ``ConfigError`` naming the key, the pat
 import os
 from typing import Optional
 
-from dinov2.utils.config import ConfigError, validate_config
+from dinov2.utils.config import ConfigError
 
 DEMO_DATA_PATH = "demo"
 
@@ -78,7 +78,6 @@ def check_run_inputs(cfg, weights: Optional[str] = None, need_data: bool = True,
     Raises:
         ConfigError: the first problem, naming the key and the path.
     """
-    validate_config(cfg)
     pretrained = cfg.student.pretrained_weights
     if need_pretrained and pretrained:
         _check_file(

@@ -59,7 +59,7 @@ def test_demo_arch_builds_from_config_name():
     from dinov2.models import build_model_from_cfg
     from dinov2.utils.config import merge_config
 
-    cfg = merge_config(None, ["student.arch=vit_demo", "student.patch_size=16", "crops.global_crops_size=64"])
+    cfg = merge_config(None, ["student.arch=vit_demo", "student.patch_size=16", "crops.global_crops_size=64", "crops.local_crops_size=32"])
     student, teacher, embed_dim = build_model_from_cfg(cfg)
     assert embed_dim == 192 and student.n_blocks == 4
     out = teacher.forward_features(torch.randn(2, 3, 64, 64))

@@ -79,7 +79,9 @@ def test_sqrt_lr_scaling_rule():
     cfg = merge_config(None, ["train.batch_size_per_gpu=64", "optim.base_lr=0.001"])
     apply_scaling_rules_to_cfg(cfg, world_size=4)
     assert cfg.optim.lr == pytest.approx(0.001 * math.sqrt(64 * 4 / 1024))
-    cfg = merge_config(None, ["optim.scaling_rule=linear"])
+    with pytest.raises(ConfigError, match="optim.scaling_rule"):
+        merge_config(None, ["optim.scaling_rule=linear"])
+    cfg.optim.scaling_rule = "linear"  # set after validation: the rule itself still refuses it
     with pytest.raises(ConfigError, match="linear"):
         apply_scaling_rules_to_cfg(cfg)
 
@@ -100,3 +102,23 @@ def test_fractional_hyperparameters_accept_floats():
     # Momenta, temperatures, weights and rates are floats even where the default is a round number.
     cfg = merge_config(None, ["teacher.final_momentum_teacher=0.9995", "dino.loss_weight=0.5", "optim.clip_grad=1.5"])
     assert cfg.teacher.final_momentum_teacher == 0.9995
+
+
+@pytest.mark.parametrize(
+    "opts, key",
+    [
+        (["ibot.separate_head=false"], "ibot.separate_head"),
+        (["dino.loss_weight=0", "ibot.loss_weight=0", "hash.loss_hash_reg=0"], "every loss is switched off"),
+        (["evaluation.select_on=val", "data.val_ratio=0"], "evaluation.select_on"),
+    ],
+)
+def test_relations_between_keys_are_refused_where_the_config_is_merged(opts, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        merge_config(None, opts)
+
+
+def test_a_loss_switched_on_by_any_weight_is_enough():
+    cfg = merge_config(None, ["dino.loss_weight=0", "ibot.loss_weight=0", "hash.loss_hash_reg=0.01"])
+    assert cfg.hash.loss_hash_reg == 0.01
+    with pytest.raises(ConfigError, match="every loss"):
+        merge_config(None, ["dino.loss_weight=0", "ibot.loss_weight=0", "hash.do_or_not=false"])

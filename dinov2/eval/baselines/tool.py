@@ -37,7 +37,7 @@ from dinov2.eval.baselines.methods import (  # noqa: F401  (the methods, importa
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.metrics import retrieval_metrics
 from dinov2.logging import setup_logging
-from dinov2.models.hashing_network import load_hashing_network
+from dinov2.models import load_hashing_network
 from dinov2.utils.config import ConfigError, get_cfg_from_args
 from dinov2.utils.validation import check_run_inputs
 

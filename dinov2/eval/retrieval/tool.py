@@ -53,7 +53,7 @@ from dinov2.eval.retrieval.outputs import (  # noqa: F401  (grid_query_indices a
     write_faiss_index,
 )
 from dinov2.logging import setup_logging
-from dinov2.models.hashing_network import NETWORK_CONFIG_SECTIONS, load_hashing_network
+from dinov2.models import NETWORK_CONFIG_SECTIONS, load_hashing_network
 from dinov2.utils.config import ConfigError, get_cfg_from_args
 from dinov2.utils.validation import check_run_inputs
 
