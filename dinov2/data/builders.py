@@ -10,6 +10,7 @@ import torch
 
 from dinov2 import distributed
 from dinov2.utils.config import ConfigError
+from dinov2.utils.cpu import usable_cpus
 
 from .augmentations import DataAugmentationDINO
 from .collate import collate_data_and_cast
@@ -89,13 +90,6 @@ def make_eval_dataset(cfg, root: str, split: str) -> SplitImageDataset:
     except ValueError as exc:
         # e.g. a train_ratio that leaves a class without database or query images
         raise ConfigError(f"dataset '{root}', split {split}: {exc}") from None
-
-
-def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def train_loader_workers(cfg, device: Optional[torch.device] = None) -> int:

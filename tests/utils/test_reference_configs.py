@@ -183,7 +183,7 @@ def test_cpu_run_caps_loader_workers_at_usable_cores(monkeypatch, caplog):
     from dinov2.data import builders
 
     cfg = merge_config(None, TINY_OPTS + ["train.num_workers=8"])
-    monkeypatch.setattr(builders, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(builders, "usable_cpus", lambda: 2)  # the name the builder calls
     with caplog.at_level(logging.INFO, logger="dinov2"):
         assert builders.train_loader_workers(cfg, torch.device("cpu")) == 2
     assert any("train.num_workers=8" in r.getMessage() and "2 usable CPU" in r.getMessage() for r in caplog.records)
