@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh: its usage and its failure path (the full CPU mode takes minutes; README, "GPU check")."""
+"""scripts/gpu_check.sh: its usage and its failure path (the full CPU mode takes minutes; docs/gpu.md)."""
 
 import json
 import os
