@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import subprocess
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,7 +27,7 @@ from dinov2.search.archive import ArchiveSearcher  # noqa: E402
 from dinov2.search.service import MAX_K, create_app, is_loopback, make_server  # noqa: E402
 
 from ..reliability.conftest import PYTHON, REPO_ROOT, subprocess_env  # noqa: E402
-from .conftest import reference_packed_codes  # noqa: E402
+from .conftest import reference_packed_codes, start_server, stop_server  # noqa: E402
 
 # The command line as users run it: python -m dinov2.search
 INDEX_COMMAND = ["-m", "dinov2.search"]
@@ -43,20 +42,6 @@ def searcher(archive):
 def client(searcher):
     with TestClient(create_app(searcher)) as test_client:
         yield test_client
-
-
-def start_server(searcher, **kwargs):
-    """uvicorn in a thread on a free loopback port; returns (server, thread, port)."""
-    server = make_server(searcher, "127.0.0.1", 0, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread, server.server_address[1]
-
-
-def stop_server(server, thread):
-    server.shutdown()
-    thread.join(timeout=30)
-    server.server_close()
 
 
 @pytest.fixture(scope="module")
