@@ -319,16 +319,22 @@ class ArchiveSearcher:
         with open(path, "rb") as f:
             return f.read()
 
+    def encode(self, image: Image.Image) -> np.ndarray:
+        """The packed code uint8 [1, ceil(K/8)] of an RGB image, as the index holds them."""
+        batch = self.transform(image)[None]
+        with self._lock, torch.no_grad():
+            code = self.network(batch.to(self.device)).float().cpu().numpy()  # [1, K]
+        return pack_codes_padded(binarize(code))
+
     def search(self, image: Image.Image, k: int) -> List[Dict[str, Any]]:
         """The ``min(k, count)`` nearest indexed images of an RGB image, by (Hamming distance, id).
 
         Returns:
             One dict per result: rank (from 1), id, path (relative to the image root), distance, labels.
         """
-        batch = self.transform(image)[None]
-        with self._lock, torch.no_grad():
-            code = self.network(batch.to(self.device)).float().cpu().numpy()  # [1, K]
-            distances, ids = self.index.search(pack_codes_padded(binarize(code)), min(int(k), self.count))
+        packed = self.encode(image)
+        with self._lock:
+            distances, ids = self.index.search(packed, min(int(k), self.count))
         return [
             {
                 "rank": rank + 1,
