@@ -112,4 +112,10 @@ def test_a_multi_label_parquet_dataset_trains_evaluates_and_indexes(tmp_path, hu
     results = searcher.search(Image.open(io.BytesIO(data)).convert("RGB"), 24)
     assert results[0]["distance"] == 0 and 5 in [r["id"] for r in results if r["distance"] == 0]
     assert np.isfinite([r["distance"] for r in results]).all()
+    fastapi = pytest.importorskip("fastapi.testclient", reason="the service needs FastAPI and httpx")
+    from dinov2.search.service import create_app
+
+    with fastapi.TestClient(create_app(searcher)) as client:
+        served = client.get("/images/5")
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png" and served.content == data
     capsys.readouterr()

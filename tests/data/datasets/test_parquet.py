@@ -207,3 +207,17 @@ def test_missing_folder_no_shards_and_no_image_column_are_named(tmp_path):
     pq.write_table(pa.table({"x": np.arange(3)}), tmp_path / "plain.parquet")
     with pytest.raises(ParquetError, match=r"plain.parquet' has no image column .* columns are x"):
         ParquetDataset(tmp_path / "plain.parquet", "all")
+
+
+def test_the_start_up_check_accepts_shards_and_names_what_is_wrong(uc_merced_like, tmp_path):
+    from dinov2.utils.validation import InputNotFoundError, check_data_path
+
+    shard = str(uc_merced_like / "data" / "train-00000-of-00001.parquet")
+    check_data_path(str(uc_merced_like), "parquet")
+    check_data_path(shard, "parquet")
+    check_data_path(shard, "auto")
+    with pytest.raises(InputNotFoundError, match=r"train.data_path=.*nowhere does not exist \(data.source=parquet"):
+        check_data_path(str(tmp_path / "nowhere"), "parquet")
+    (tmp_path / "list.csv").write_text("a.png,x\n")
+    with pytest.raises(InputNotFoundError, match="not a .parquet file"):
+        check_data_path(str(tmp_path / "list.csv"), "parquet")
