@@ -266,6 +266,22 @@ def test_an_upload_without_content_length_is_411(port):
         conn.close()
 
 
+def test_a_stalled_upload_is_408(port, monkeypatch):
+    from dinov2.search import service
+
+    monkeypatch.setattr(service, "BODY_TIMEOUT_S", 0.5)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest("POST", "/api/search?k=3")
+        conn.putheader("Content-Length", "1000")
+        conn.endheaders()
+        conn.send(b"\x89PNG" + bytes(10))  # then silence
+        response = conn.getresponse()
+        assert response.status == 408 and "no request data" in json.loads(response.read())["error"]
+    finally:
+        conn.close()
+
+
 def test_eight_concurrent_searches_are_all_correct(archive, port):
     ids = [0, 1, 2, 5, 6, 8, 10, 11]
     bodies = {i: image_bytes(archive, i) for i in ids}
