@@ -130,3 +130,48 @@ def synthetic_multicrop_batch(
         n_tokens=grid * grid,
         mask_generator=MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid),
     )
+
+
+def write_hub_parquet(path, images, labels, names, row_group_size=2, list_labels=False, label_column="label"):
+    """Write one shard as the Hugging Face Hub does: an ``Image`` struct column and a ``ClassLabel`` column.
+
+    Args:
+        path: the shard file, e.g. ``root/data/train-00000-of-00001.parquet`` (folders are created).
+        images: per row, the encoded image bytes (or any bytes, to write a broken cell).
+        labels: per row, a class index (or a list of them with ``list_labels``); None writes no label column.
+        names: the class names recorded in the schema metadata (None: no metadata at all).
+        row_group_size: rows per row group (small, so reading one image is seen to read one group).
+    Returns:
+        The path written.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    columns = {"image": pa.array([{"bytes": data, "path": f"{i:04d}.png"} for i, data in enumerate(images)], image_type)}
+    features = {"image": {"_type": "Image"}}
+    if labels is not None:
+        label_type = pa.list_(pa.int64()) if list_labels else pa.int64()
+        columns[label_column] = pa.array(labels, label_type)
+        class_label = {"names": list(names or []), "_type": "ClassLabel"}
+        features[label_column] = {"feature": class_label, "_type": "Sequence"} if list_labels else class_label
+    table = pa.table(columns)
+    if names is not None:
+        metadata = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+        table = table.replace_schema_metadata(metadata)
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    pq.write_table(table, str(path), row_group_size=row_group_size)
+    return str(path)
+
+
+def png_bytes(colour, size=(12, 10)):
+    """A small solid-colour PNG, encoded."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()

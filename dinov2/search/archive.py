@@ -26,7 +26,7 @@ from PIL import Image
 
 from dinov2.checkpoint import atomic_path, atomic_write_text, weights_identity
 from dinov2.data import make_classification_eval_transform
-from dinov2.data.datasets import open_image_source
+from dinov2.data.datasets import open_image_source, parse_locator, read_parquet_image
 from dinov2.distributed.devices import select_device
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.hashing import binarize, pack_codes_padded
@@ -53,14 +53,15 @@ class ArchiveError(RuntimeError):
 
 
 def open_images(path: str, transform=None, source: str = "auto"):
-    """The image set of ``--images``: class folders, an image list file (CSV) or an unlabeled folder tree.
+    """The image set of ``--images``: class folders, an image list file (CSV), an unlabeled folder tree or
+    a Hugging Face parquet dataset.
 
     ``source`` is one of ``dinov2.data.datasets.SOURCES``; ``auto`` decides from the path as
     ``data.source=auto`` does in training. Every image of the set is indexed (split ``all``).
 
     Returns:
-        A dataset of ``(image, target)`` with ``.root``, ``.samples`` [(absolute path, target)] and
-        ``label_names(i)``.
+        A dataset of ``(image, target)`` with ``.root``, ``.samples`` [(absolute path, target)],
+        ``label_names(i)``, ``encoded_image(i)`` and ``stored_file(i)``.
     Raises:
         ArchiveError: ``path`` does not exist, is of the wrong kind for ``source``, or a list line is
             unusable (the message names the file and line).
@@ -69,7 +70,7 @@ def open_images(path: str, transform=None, source: str = "auto"):
         raise ArchiveError(f"--images {path}: no such folder or image list file")
     try:
         return open_image_source(path, source, "all", transform=transform)
-    except (ValueError, FileNotFoundError) as exc:  # ImageListError is a ValueError
+    except (ValueError, FileNotFoundError) as exc:  # ImageListError and ParquetError are ValueErrors
         raise ArchiveError(f"--images {path} (--source {source}): {exc}") from None
 
 
@@ -80,22 +81,24 @@ def label_names(dataset, index: int) -> List[str]:
     return [dataset.classes[dataset.samples[index][1]]]
 
 
-def check_images_readable(paths: Sequence[str], progress: bool = False) -> None:
-    """Open every file and check its structure (``PIL.Image.verify``) without decoding the pixels.
+def check_images_readable(dataset, ids: Sequence[int], progress: bool = False) -> None:
+    """Open every image of ``ids`` and check its structure (``PIL.Image.verify``) without decoding the pixels.
 
     Raises:
-        ArchiveError: naming the first file that is not a readable image.
+        ArchiveError: naming the first image (file, or parquet shard and row) that is not readable.
     """
     if progress:
         from tqdm import tqdm
 
-        paths = tqdm(paths, desc="checking images", unit="image", leave=False)
-    for path in paths:
+        ids = tqdm(ids, desc="checking images", unit="image", leave=False)
+    for index in ids:
+        name = f"of sample {index}"
         try:
-            with Image.open(path) as image:
+            data, name = dataset.encoded_image(index)
+            with Image.open(data) as image:
                 image.verify()
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-            raise ArchiveError(f"cannot read image file '{path}': {type(exc).__name__}: {exc}") from None
+            raise ArchiveError(f"cannot read image {name}: {type(exc).__name__}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,10 +107,10 @@ def check_images_readable(paths: Sequence[str], progress: bool = False) -> None:
 
 
 def image_list_digest(dataset) -> str:
-    """SHA-256 over every image's relative path, size and modification time, in id order."""
+    """SHA-256 over every image's relative path and its file's size and modification time, in id order."""
     digest = hashlib.sha256()
-    for (path, _), rel in zip(dataset.samples, dataset.relative_files()):
-        stat = os.stat(path)
+    for index, rel in enumerate(dataset.relative_files()):
+        stat = os.stat(dataset.stored_file(index))
         digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -297,11 +300,31 @@ class ArchiveSearcher:
         return int(self.meta["nbits"])
 
     def image_path(self, image_id: int) -> str:
-        """Absolute path of indexed image ``image_id`` (0 <= id < count)."""
+        """Absolute path of indexed image ``image_id`` (0 <= id < count); ``<shard>#<row>`` for a parquet row."""
         path = self.records[image_id]["path"]
         if os.path.isabs(path):  # an image list may name files outside its folder
             return path
         return os.path.join(self.meta["image_root"], *path.split("/"))
+
+    def image_data(self, image_id: int) -> bytes:
+        """The encoded bytes of indexed image ``image_id``: its file, or its row of a parquet shard.
+
+        Raises:
+            OSError, ParquetError: the file or row cannot be read.
+        """
+        path = self.image_path(image_id)
+        located = parse_locator(path)
+        if located is not None:
+            return read_parquet_image(*located)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def encode(self, image: Image.Image) -> np.ndarray:
+        """The packed code uint8 [1, ceil(K/8)] of an RGB image, as the index holds them."""
+        batch = self.transform(image)[None]
+        with self._lock, torch.no_grad():
+            code = self.network(batch.to(self.device)).float().cpu().numpy()  # [1, K]
+        return pack_codes_padded(binarize(code))
 
     def search(self, image: Image.Image, k: int) -> List[Dict[str, Any]]:
         """The ``min(k, count)`` nearest indexed images of an RGB image, by (Hamming distance, id).
@@ -309,10 +332,9 @@ class ArchiveSearcher:
         Returns:
             One dict per result: rank (from 1), id, path (relative to the image root), distance, labels.
         """
-        batch = self.transform(image)[None]
-        with self._lock, torch.no_grad():
-            code = self.network(batch.to(self.device)).float().cpu().numpy()  # [1, K]
-            distances, ids = self.index.search(pack_codes_padded(binarize(code)), min(int(k), self.count))
+        packed = self.encode(image)
+        with self._lock:
+            distances, ids = self.index.search(packed, min(int(k), self.count))
         return [
             {
                 "rank": rank + 1,

@@ -206,7 +206,7 @@ def run_build(args) -> Optional[Dict[str, Any]]:
     ranges = chunk_ranges(len(dataset), args.chunk_size)
     mine = [c for c in range(rank, len(ranges), world) if stale or not os.path.isfile(chunk_path(out, c))]
     progress = rank == 0 and sys.stderr.isatty()
-    check_images_readable([dataset.samples[i][0] for c in mine for i in ranges[c]], progress)
+    check_images_readable(dataset, [i for c in mine for i in ranges[c]], progress)
     _barrier()  # every rank has checked its images and read the old fingerprint before anything changes
     if rank == 0:
         if stale:

@@ -1,260 +1,266 @@
-"""The search service of an archive index: a web page and a JSON API over the standard library's HTTP server.
+"""The search service of an archive index: a web page and a JSON API on FastAPI, served by uvicorn.
 
-Endpoints (``python -m dinov2.search serve --index DIR``):
+Endpoints (``python -m dinov2.search serve --index DIR``; the ``service`` extra installs FastAPI,
+uvicorn and python-multipart):
 
-- ``GET /``: a self-contained page (no external resources): pick or drop an image, choose k, see the
-  k nearest indexed images as a grid with their distances and labels.
-- ``POST /api/search?k=N``, body = the image file's bytes (``Content-Length`` required): ``{"results":
-  [{"rank", "id", "path", "distance", "labels"}], "k", "nbits"}``. 400 for bytes that are not a
-  readable image or a bad k, 411 without a length, 413 above the upload limit.
+- ``GET /``: the page (``static/index.html`` with its script and style, no external resources): pick or
+  drop an image, choose k, see the k nearest indexed images as a grid with their distances and labels.
+- ``POST /api/search?k=N``, body = the image file's bytes (``Content-Length`` required), and
+  ``POST /api/search/upload?k=N``, a multipart form with the image in the field ``file`` (what the page
+  sends): ``{"results": [{"rank", "id", "path", "distance", "labels"}], "k", "nbits"}``. 400 for bytes
+  that are not a readable image or a bad k, 411 without a length, 413 above the upload limit (the
+  whole request body, form fields included).
 - ``GET /api/health``: ``{"status": "ok", "count", "nbits"}``.
 - ``GET /images/<id>``: the indexed image of that integer id (formats browsers do not show, such as
-  TIFF, as PNG). URL paths are never mapped to file paths, so only the indexed files can be read.
+  TIFF, as PNG; a parquet dataset's row from its shard). URL paths are never mapped to file paths, so
+  only the indexed images can be read.
+- ``GET /docs`` and ``GET /openapi.json``: the API's OpenAPI description (``/docs`` loads Swagger UI
+  from its CDN into the reader's browser).
 
-Anything else is 404. Requests are served by threads; the network and the index are shared under
-the searcher's lock.
+Anything else is 404 (405 for a known path with another method); every error is ``{"error": message}``.
+The limits are declared once, in ``UploadLimit``; searches run in worker threads under the searcher's lock.
 """
 
+import asyncio
+import importlib.util
 import io
 import ipaddress
-import json
 import logging
-import mimetypes
 import os
-import re
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Optional
-from urllib.parse import parse_qs
+import socket
+from pathlib import Path
+from typing import Any, Dict
+
+from PIL import Image
 
 from dinov2.data import ImageLoadError
-from dinov2.data.datasets import load_image_rgb
-from dinov2.search.archive import ArchiveSearcher
+from dinov2.data.datasets import ParquetError, load_image_rgb
+from dinov2.search.archive import ArchiveError, ArchiveSearcher
+
+try:
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+        # FastAPI reads the upload form with python-multipart, and would only fail at the first route.
+        raise ImportError("No module named 'python_multipart'")
+    from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as exc:
+    raise ArchiveError(
+        f"the search service needs FastAPI, uvicorn and python-multipart: pip install 'sdsh[service]' ({exc})"
+    ) from None
 
 logger = logging.getLogger("dinov2")
 
 DEFAULT_K = 10
 MAX_K = 1000
 DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 * 1024
-# A client that announced an oversize body has it read and dropped up to this size, so that closing the
-# connection does not reset it before the 413 answer arrives; beyond it, the connection is just closed.
+# A client that announced an oversize body has it read and dropped up to this size before the 413, so that
+# closing the connection does not reset it before the answer arrives; beyond it, the answer comes at once.
 _DRAIN_LIMIT = 64 * 1024 * 1024
-_IMAGE_ROUTE = re.compile(r"/images/([0-9]{1,18})")
+# Seconds a client may stay silent while sending its body (against stalled uploads).
+BODY_TIMEOUT_S = 60
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Served as they are; other formats (TIFF, ...) are converted to PNG for the browser.
-_BROWSER_FORMATS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
-_CSP = "default-src 'none'; img-src 'self' blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
-
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>SDSH archive search</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-#drop{border:2px dashed #888;border-radius:8px;padding:1.5em;text-align:center;margin:1em 0}
-#drop.over{border-color:#06c;background:#eef5ff}
-#query img{max-width:160px;max-height:160px}
-#grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
-.tile{border:1px solid #ccc;border-radius:6px;padding:4px;font-size:12px;overflow-wrap:anywhere}
-.tile img{width:100%;height:140px;object-fit:cover;display:block}
-#status{color:#555}.error{color:#b00}
-</style></head><body>
-<h1>Search the archive</h1>
-<p id="info">__COUNT__ indexed images, __NBITS__-bit codes.</p>
-<form id="form">
-<div id="drop">Drop an image here, or <input type="file" id="file" name="file" accept="image/*"></div>
-<label>k <input type="number" id="k" name="k" value="__K__" min="1" max="__MAX_K__"></label>
-<button type="submit">Search</button>
-</form>
-<p id="status"></p><div id="query"></div><div id="grid"></div>
-<script>
-"use strict";
-let chosen = null;
-const drop = document.getElementById("drop"), fileInput = document.getElementById("file");
-const statusLine = document.getElementById("status"), grid = document.getElementById("grid");
-function choose(file) {
-  chosen = file;
-  const q = document.getElementById("query");
-  q.replaceChildren();
-  const img = document.createElement("img");
-  img.src = URL.createObjectURL(file);
-  q.append("Query: ", img);
-  search();
-}
-fileInput.addEventListener("change", () => { if (fileInput.files.length) choose(fileInput.files[0]); });
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault(); drop.classList.remove("over");
-  if (e.dataTransfer.files.length) choose(e.dataTransfer.files[0]);
-});
-document.getElementById("form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
-async function search() {
-  if (!chosen) { statusLine.textContent = "Choose an image first."; return; }
-  const k = document.getElementById("k").value;
-  statusLine.className = ""; statusLine.textContent = "Searching...";
-  try {
-    const response = await fetch("/api/search?k=" + encodeURIComponent(k), {method: "POST", body: chosen});
-    const answer = await response.json();
-    if (!response.ok) throw new Error(answer.error || response.statusText);
-    show(answer);
-  } catch (err) {
-    statusLine.className = "error"; statusLine.textContent = "Error: " + err.message; grid.replaceChildren();
-  }
-}
-function show(answer) {
-  statusLine.textContent = answer.k + " nearest of the archive (" + answer.nbits + " bits)";
-  grid.replaceChildren(...answer.results.map((r) => {
-    const tile = document.createElement("div"); tile.className = "tile";
-    const img = document.createElement("img"); img.src = "/images/" + r.id; img.alt = r.path; img.loading = "lazy";
-    const text = document.createElement("div");
-    text.textContent = "#" + r.rank + "  d=" + r.distance + "  " + r.labels.join(", ");
-    const path = document.createElement("div"); path.textContent = r.path;
-    tile.append(img, text, path);
-    return tile;
-  }));
-}
-</script></body></html>
-"""
+_BROWSER_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
+_CSP = "default-src 'none'; img-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
+_K_RULE = f"k must be one integer from 1 to {MAX_K}"
 
 
-def _route(request_target: str) -> str:
-    """The path of a request target, still percent-encoded (so "%2e%2e" matches no route), without the query."""
-    return request_target.partition("?")[0].partition("#")[0]
+# ---------------------------------------------------------------------------------------------------
+# Limits and headers, declared once for every route
+# ---------------------------------------------------------------------------------------------------
 
 
-class SearchServer(ThreadingHTTPServer):
-    """A threading HTTP server that holds the searcher and the upload limit its handlers use."""
-
-    daemon_threads = True
-
-    def __init__(self, address, searcher: ArchiveSearcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES):
-        super().__init__(address, SearchHandler)
-        self.searcher = searcher
-        self.max_upload_bytes = int(max_upload_bytes)
+async def _send_error(send, status: int, message: str) -> None:
+    await JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})(
+        {"type": "http"}, None, send
+    )
 
 
-class SearchHandler(BaseHTTPRequestHandler):
-    """The endpoints of the module docstring; every error is a JSON ``{"error": message}``."""
+class UploadLimit:
+    """ASGI middleware: a body is announced by ``Content-Length`` (411 otherwise), at most ``max_bytes`` (413),
+    and arrives without a silence of more than ``BODY_TIMEOUT_S`` seconds (408)."""
 
-    server_version = "SDSH-index"
-    timeout = 60  # seconds a client may stay silent (a socket timeout, against stalled uploads)
-    server: SearchServer
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = int(max_bytes)
 
-    def log_message(self, format: str, *args) -> None:
-        logger.info("%s %s", self.address_string(), format % args)
-
-    # ---- responses
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: Optional[Dict[str, str]] = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, payload: Dict[str, Any]) -> None:
-        self._send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
-
-    def _error(self, status: int, message: str) -> None:
-        self.close_connection = True
-        self._json(status, {"error": message})
-
-    # ---- routes
-
-    def do_GET(self) -> None:
-        path = _route(self.path)
-        searcher = self.server.searcher
-        if path in ("/", "/index.html"):
-            page = (
-                PAGE.replace("__COUNT__", str(searcher.count))
-                .replace("__NBITS__", str(searcher.nbits))
-                .replace("__K__", str(min(DEFAULT_K, searcher.count)))
-                .replace("__MAX_K__", str(min(MAX_K, searcher.count)))
-            )
-            self._send(
-                HTTPStatus.OK, page.encode("utf-8"), "text/html; charset=utf-8", {"Content-Security-Policy": _CSP}
-            )
-        elif path == "/api/health":
-            self._json(HTTPStatus.OK, {"status": "ok", "count": searcher.count, "nbits": searcher.nbits})
-        else:
-            match = _IMAGE_ROUTE.fullmatch(path)
-            if match is None or int(match.group(1)) >= searcher.count:
-                self._error(HTTPStatus.NOT_FOUND, f"not found: {path}")
-            else:
-                self._send_image(int(match.group(1)))
-
-    def _send_image(self, image_id: int) -> None:
-        file = self.server.searcher.image_path(image_id)
-        try:
-            if file.lower().endswith(_BROWSER_FORMATS):
-                with open(file, "rb") as f:
-                    body = f.read()
-                content_type = mimetypes.guess_type(file)[0] or "application/octet-stream"
-            else:
-                buffer = io.BytesIO()
-                load_image_rgb(file).save(buffer, format="PNG")
-                body, content_type = buffer.getvalue(), "image/png"
-        except (OSError, ImageLoadError) as exc:
-            logger.warning(f"indexed image {image_id} ({file}) cannot be served: {exc}")
-            self._error(HTTPStatus.NOT_FOUND, f"image {image_id} is not available")
-            return
-        self._send(HTTPStatus.OK, body, content_type, {"Cache-Control": "max-age=3600"})
-
-    def _drain(self, size: int) -> None:
-        if size > _DRAIN_LIMIT:
-            return
-        try:
-            while size > 0:
-                data = self.rfile.read(min(size, 1 << 20))
-                if not data:
-                    break
-                size -= len(data)
-        except OSError:
-            pass
-
-    def do_POST(self) -> None:
-        path, _, query = self.path.partition("?")
-        if path != "/api/search":
-            self._error(HTTPStatus.NOT_FOUND, f"not found: {_route(self.path)}")
-            return
-        values = parse_qs(query, keep_blank_values=True).get("k", [str(DEFAULT_K)])
-        if len(values) != 1 or not re.fullmatch(r"[0-9]{1,9}", values[0]) or not 1 <= int(values[0]) <= MAX_K:
-            self._error(HTTPStatus.BAD_REQUEST, f"k must be one integer from 1 to {MAX_K}, got {values}")
-            return
-        length = self.headers.get("Content-Length")
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is None:
-            self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required (the image file's size)")
-            return
-        if not re.fullmatch(r"[0-9]{1,18}", length.strip()):
-            self._error(HTTPStatus.BAD_REQUEST, f"bad Content-Length: {length!r}")
-            return
-        size, limit = int(length), self.server.max_upload_bytes
-        if size > limit:
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"upload of {size} bytes exceeds the limit of {limit}")
-            self._drain(size)
-            return
-        body = self.rfile.read(size)
-        if len(body) != size:
-            self._error(HTTPStatus.BAD_REQUEST, f"the body ended after {len(body)} of {size} bytes")
-            return
+            return await _send_error(send, 411, "Content-Length is required (the image file's size)")
+        text = length.decode("latin-1").strip()
+        if not text.isdigit() or len(text) > 18:
+            return await _send_error(send, 400, f"bad Content-Length: {text!r}")
+        size = int(text)
+        if size > self.max_bytes:
+            if size <= _DRAIN_LIMIT:
+                await self._drain(receive)
+            return await _send_error(send, 413, f"upload of {size} bytes exceeds the limit of {self.max_bytes}")
+
+        async def timed_receive():
+            try:
+                return await asyncio.wait_for(receive(), BODY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"no request data for {BODY_TIMEOUT_S} s") from None
+
+        return await self.app(scope, timed_receive, send)
+
+    @staticmethod
+    async def _drain(receive) -> None:
         try:
-            image = load_image_rgb(io.BytesIO(body))
-        except ImageLoadError as exc:
-            cause = exc.__cause__
-            reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-            self._error(HTTPStatus.BAD_REQUEST, f"the uploaded {size} bytes are not a readable image ({reason})")
+            while True:
+                message = await asyncio.wait_for(receive(), BODY_TIMEOUT_S)
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+        except asyncio.TimeoutError:
             return
-        searcher = self.server.searcher
-        try:
-            results = searcher.search(image, int(values[0]))
-        except Exception:
-            logger.exception("search failed")
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the search failed (see the server log)")
-            return
-        self._json(HTTPStatus.OK, {"results": results, "k": len(results), "nbits": searcher.nbits})
+
+
+class SecurityHeaders:
+    """ASGI middleware: ``X-Content-Type-Options: nosniff`` on every answer, and one log line per request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+                client = scope.get("client") or ("-", 0)
+                logger.info("%s %s %s %d", client[0], scope["method"], scope["path"], message["status"])
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for error in exc.errors():
+        name = error["loc"][-1] if error.get("loc") else "request"
+        if name == "k":
+            problems.append(f"{_K_RULE}, got {request.query_params.getlist('k')}")
+        else:
+            problems.append(f"{name}: {error.get('msg', 'invalid')}")
+    return JSONResponse({"error": "; ".join(problems)}, status_code=400)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+def get_searcher(request: Request) -> ArchiveSearcher:
+    return request.app.state.searcher
+
+
+def search_k(request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="how many results")) -> int:
+    """The ``k`` of a search, given at most once."""
+    if len(request.query_params.getlist("k")) > 1:
+        raise HTTPException(400, f"{_K_RULE}, got {request.query_params.getlist('k')}")
+    return k
+
+
+async def run_search(searcher: ArchiveSearcher, data: bytes, k: int) -> Dict[str, Any]:
+    """Decode an uploaded image and search it; 400 when the bytes are not an image."""
+    try:
+        image = await run_in_threadpool(load_image_rgb, io.BytesIO(data), "upload")
+    except ImageLoadError as exc:
+        cause = exc.__cause__
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+        raise HTTPException(400, f"the uploaded {len(data)} bytes are not a readable image ({reason})") from None
+    try:
+        results = await run_in_threadpool(searcher.search, image, k)
+    except Exception:
+        logger.exception("search failed")
+        raise HTTPException(500, "the search failed (see the server log)") from None
+    return {"results": results, "k": len(results), "nbits": searcher.nbits}
+
+
+_RAW_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the image file's bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.post("/api/search", openapi_extra=_RAW_BODY, summary="Search with the image file as the request body")
+async def search_body(request: Request, k: int = Depends(search_k), searcher=Depends(get_searcher)):
+    return await run_search(searcher, await request.body(), k)
+
+
+@router.post("/api/search/upload", summary="Search with the image as a multipart form field 'file'")
+async def search_upload(file: UploadFile = File(...), k: int = Depends(search_k), searcher=Depends(get_searcher)):
+    return await run_search(searcher, await file.read(), k)
+
+
+@router.get("/api/health", summary="Index size and code length")
+def health(searcher=Depends(get_searcher)):
+    return {"status": "ok", "count": searcher.count, "nbits": searcher.nbits}
+
+
+def browser_image(data: bytes):
+    """(body, media type): the bytes as they are when browsers show the format, otherwise re-encoded as PNG."""
+    with Image.open(io.BytesIO(data)) as image:
+        kind = image.format
+    if kind in _BROWSER_FORMATS:
+        return data, _BROWSER_FORMATS[kind]
+    buffer = io.BytesIO()
+    load_image_rgb(io.BytesIO(data)).save(buffer, format="PNG")
+    return buffer.getvalue(), "image/png"
+
+
+@router.get("/images/{image_id:int}", summary="An indexed image by id")
+def indexed_image(image_id: int, searcher=Depends(get_searcher)):
+    if image_id >= searcher.count:
+        raise HTTPException(404, f"not found: /images/{image_id}")
+    try:
+        body, media_type = browser_image(searcher.image_data(image_id))
+    except (OSError, ImageLoadError, ParquetError) as exc:
+        logger.warning(f"indexed image {image_id} cannot be served: {exc}")
+        raise HTTPException(404, f"image {image_id} is not available") from None
+    return Response(body, media_type=media_type, headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get("/", include_in_schema=False)
+@router.get("/index.html", include_in_schema=False)
+def page():
+    return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _CSP})
+
+
+def create_app(searcher: ArchiveSearcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FastAPI:
+    """The application over one searcher, with the upload limit and error format of the module docstring."""
+    app = FastAPI(title="SDSH archive search", summary="Nearest indexed images of an uploaded image", redoc_url=None)
+    app.state.searcher = searcher
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------------
 
 
 def is_loopback(host: str) -> bool:
@@ -267,6 +273,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class SearchServer:
+    """uvicorn on a socket bound (and listening) at construction, so the port is known before serving.
+
+    ``serve_forever`` runs until ``shutdown`` (from another thread) or an interrupt; ``server_close``
+    closes the socket.
+    """
+
+    def __init__(self, app: FastAPI, host: str, port: int):
+        import uvicorn
+
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        self.socket = socket.socket(family, kind, proto)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind(address)
+            self.socket.listen(128)
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address = self.socket.getsockname()
+        config = uvicorn.Config(app, log_config=None, access_log=False, timeout_keep_alive=5, limit_concurrency=256)
+        self.server = uvicorn.Server(config)
+
+    def serve_forever(self) -> None:
+        self.server.run(sockets=[self.socket])
+
+    def shutdown(self) -> None:
+        self.server.should_exit = True
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+
 def make_server(
     searcher: ArchiveSearcher, host: str = "127.0.0.1", port: int = 0, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 ) -> SearchServer:
@@ -276,14 +315,15 @@ def make_server(
             f"binding {host}: the index and its images can be searched and downloaded by anyone who can reach "
             "this address (the default 127.0.0.1 keeps it to this machine)"
         )
-    return SearchServer((host, port), searcher, max_upload_bytes)
+    return SearchServer(create_app(searcher, max_upload_bytes), host, port)
 
 
 def serve(searcher: ArchiveSearcher, host: str, port: int, max_upload_bytes: int) -> None:
     """Serve until interrupted; prints the address (with the port chosen for port 0) on standard output."""
     server = make_server(searcher, host, port, max_upload_bytes)
     bound_host, bound_port = server.server_address[:2]
-    print(f"serving {searcher.count} images on http://{bound_host}:{bound_port}/", flush=True)
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"serving {searcher.count} images on http://{shown}:{bound_port}/", flush=True)
     logger.info(f"index {os.path.abspath(searcher.index_dir)}, uploads up to {max_upload_bytes} bytes")
     try:
         server.serve_forever()

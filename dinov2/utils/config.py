@@ -277,7 +277,7 @@ _CHOICES = {
     "hash.pooling": POOLINGS,
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused", "identity"),
     "evaluation.select_on": ("query", "val"),
-    "data.source": ("class_folders", "image_list", "folder_tree", "auto"),
+    "data.source": ("class_folders", "image_list", "folder_tree", "parquet", "auto"),
     "optim.scaling_rule": ("sqrt_wrt_1024",),
 }
 _MISSING = object()

@@ -28,13 +28,27 @@ def _check_file(path: str, what: str, fix: str) -> None:
 
 def check_data_path(data_path: Optional[str], source: str = "class_folders") -> None:
     """``train.data_path`` names what ``data.source`` reads (or is ``demo``): a readable folder with at
-    least one sub-folder (class folders), a folder (folder tree), a file (image list) or either (auto)."""
+    least one sub-folder (class folders), a folder (folder tree), a file (image list), a folder or a
+    ``.parquet`` file (parquet) or any of these (auto)."""
     if not data_path:
         raise ConfigError(
             "train.data_path is empty: set it to a folder of class folders, e.g. train.data_path=/data/AID "
             "(or train.data_path=demo for the generated demo dataset)"
         )
     if data_path == DEMO_DATA_PATH:
+        return
+    is_shard = os.path.isfile(data_path) and data_path.endswith(".parquet")
+    if source == "parquet" or (source == "auto" and is_shard):
+        if not os.path.exists(data_path):
+            raise InputNotFoundError(
+                f"train.data_path={data_path} does not exist (data.source=parquet reads a folder of *.parquet shards, "
+                "e.g. a Hugging Face dataset download, or one .parquet file)"
+            )
+        if os.path.isfile(data_path) and not data_path.endswith(".parquet"):
+            raise InputNotFoundError(
+                f"train.data_path={data_path} is a file but not a .parquet file (data.source=parquet): give the "
+                "dataset folder or a .parquet shard, or set data.source=image_list for a list file"
+            )
         return
     if source == "image_list" or (source == "auto" and os.path.isfile(data_path)):
         if os.path.isdir(data_path):

@@ -6,6 +6,7 @@ images of 32 px, indexed in chunks of 5 (5 + 5 + 2 images).
 """
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -98,3 +99,19 @@ def files_of(index_dir):
             with open(path, "rb") as f:
                 found[os.path.relpath(path, index_dir)] = f.read()
     return found
+
+
+def start_server(searcher, **kwargs):
+    """The service in a thread on a free loopback port; returns (server, thread, port)."""
+    from dinov2.search.service import make_server
+
+    server = make_server(searcher, "127.0.0.1", 0, **kwargs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread, server.server_address[1]
+
+
+def stop_server(server, thread):
+    server.shutdown()
+    thread.join(timeout=30)
+    server.server_close()

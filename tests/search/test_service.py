@@ -1,8 +1,9 @@
-"""Tests of the archive search service (dinov2/search/service.py) over real HTTP on 127.0.0.1.
+"""Tests of the archive search service (dinov2/search/service.py).
 
-The server runs in a thread on a free port, over the index of tests/eval/conftest.py; one test starts
-``python -m dinov2.search serve --port 0`` as a subprocess. Requests go through http.client, which
-sends the request target as written (no ``..`` normalisation), so traversal attempts reach the server.
+Behaviour goes through FastAPI's test client. What only shows on the wire goes through http.client to
+uvicorn on a free port of 127.0.0.1: http.client sends the request target as written (no ``..``
+normalisation, unlike the test client), so traversal attempts reach the server, and a length can be
+announced without sending the body. One test starts ``python -m dinov2.search serve --port 0``.
 """
 
 import http.client
@@ -11,18 +12,22 @@ import json
 import logging
 import os
 import subprocess
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dinov2.search.archive import ArchiveSearcher
-from dinov2.search.service import MAX_K, is_loopback, make_server
+pytest.importorskip("fastapi", reason="the service needs FastAPI (pip install 'sdsh[service]')")
+pytest.importorskip("httpx", reason="FastAPI's test client needs httpx (pip install 'sdsh[dev]')")
 
-from ..reliability.conftest import PYTHON, REPO_ROOT, subprocess_env
-from .conftest import reference_packed_codes
+from fastapi.testclient import TestClient  # noqa: E402
+
+from dinov2.search.archive import ArchiveSearcher  # noqa: E402
+from dinov2.search.service import MAX_K, create_app, is_loopback, make_server  # noqa: E402
+
+from ..reliability.conftest import PYTHON, REPO_ROOT, subprocess_env  # noqa: E402
+from .conftest import reference_packed_codes, start_server, stop_server  # noqa: E402
 
 # The command line as users run it: python -m dinov2.search
 INDEX_COMMAND = ["-m", "dinov2.search"]
@@ -33,29 +38,17 @@ def searcher(archive):
     return ArchiveSearcher(str(archive["index"]), device="cpu")
 
 
-def _start(searcher, **kwargs):
-    server = make_server(searcher, "127.0.0.1", 0, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
+@pytest.fixture(scope="module")
+def client(searcher):
+    with TestClient(create_app(searcher)) as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="module")
 def port(searcher):
-    server, thread = _start(searcher)
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def small_limit_port(searcher):
-    server, thread = _start(searcher, max_upload_bytes=1000)
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    server, thread, port = start_server(searcher)
+    yield port
+    stop_server(server, thread)
 
 
 def request(port, method, target, body=None, headers=None):
@@ -86,107 +79,131 @@ def expected_ranking(archive, image_id):
     return distances[order].tolist(), order.tolist()
 
 
-def test_health_reports_count_and_bits(port):
-    status, content_type, body = request(port, "GET", "/api/health")
-    assert status == 200 and content_type.startswith("application/json")
-    assert json.loads(body) == {"status": "ok", "count": 12, "nbits": 16}
+# ---- behaviour, through the test client
 
 
-def test_the_page_is_self_contained_with_the_form_and_the_fetch(port):
-    status, content_type, body = request(port, "GET", "/")
-    page = body.decode("utf-8")
-    assert status == 200 and content_type.startswith("text/html")
+def test_health_reports_count_and_bits(client):
+    response = client.get("/api/health")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"status": "ok", "count": 12, "nbits": 16}
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_page_is_a_static_file_with_its_script_and_no_external_resource(client):
+    response = client.get("/")
+    page = response.text
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
     assert "<form" in page and 'type="file"' in page and 'id="k"' in page
-    assert 'fetch("/api/search?k="' in page and 'method: "POST"' in page
-    assert '"drop"' in page and "dataTransfer.files" in page  # drag and drop
-    assert '"/images/" + r.id' in page and "r.distance" in page and "r.labels" in page
-    assert "http://" not in page and "https://" not in page and "<link" not in page and 'src="' not in page
-    assert "12 indexed images" in page
+    script = client.get("/static/search.js").text
+    assert 'fetch("/api/search/upload?k="' in script and 'method: "POST"' in script and "FormData" in script
+    assert '"drop"' in script and "dataTransfer.files" in script  # drag and drop
+    assert '"/images/" + result.id' in script and "result.distance" in script and "result.labels" in script
+    style = client.get("/static/search.css").text
+    assert "#status.error" in style  # the error colour wins over the #status rule
+    for text in (page, script, style):
+        assert "http://" not in text and "https://" not in text
+
+
+def test_the_openapi_description_lists_the_endpoints(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/api/search", "/api/search/upload", "/api/health", "/images/{image_id}"} <= set(spec["paths"])
+    upload = spec["paths"]["/api/search/upload"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+    assert "application/octet-stream" in spec["paths"]["/api/search"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
 
 
 @pytest.mark.parametrize("image_id", [0, 7])
-def test_search_of_an_indexed_image_returns_itself_first_at_distance_0(archive, port, image_id):
-    status, _, body = request(port, "POST", "/api/search?k=12", body=image_bytes(archive, image_id))
-    assert status == 200, body
-    answer = json.loads(body)
+def test_search_of_an_indexed_image_returns_itself_first_at_distance_0(archive, client, image_id):
+    response = client.post("/api/search?k=12", content=image_bytes(archive, image_id))
+    assert response.status_code == 200, response.text
+    answer = response.json()
     assert answer["k"] == 12 and answer["nbits"] == 16
     distances, ids = expected_ranking(archive, image_id)
     assert [r["id"] for r in answer["results"]] == ids
     assert [r["distance"] for r in answer["results"]] == distances
-    first = answer["results"][0]
-    assert first["distance"] == 0
+    assert answer["results"][0]["distance"] == 0
     if distances.count(0) == 1:
-        assert first["id"] == image_id
+        assert answer["results"][0]["id"] == image_id
     mine = next(r for r in answer["results"] if r["id"] == image_id)
     assert mine["distance"] == 0 and mine["path"] == records(archive)[image_id]["path"]
     assert mine["labels"] == records(archive)[image_id]["labels"]
 
 
-def test_k_beyond_the_index_returns_all_and_k_defaults_to_10(archive, port):
-    status, _, body = request(port, "POST", f"/api/search?k={MAX_K}", body=image_bytes(archive, 0))
-    assert status == 200 and json.loads(body)["k"] == 12
-    status, _, body = request(port, "POST", "/api/search", body=image_bytes(archive, 0))
-    assert status == 200 and len(json.loads(body)["results"]) == 10
+def test_a_multipart_upload_gives_the_same_answer_as_the_raw_body(archive, client):
+    data = image_bytes(archive, 4)
+    raw = client.post("/api/search?k=5", content=data).json()
+    form = client.post("/api/search/upload?k=5", files={"file": ("tile.png", data, "image/png")})
+    assert form.status_code == 200 and form.json() == raw
+    missing = client.post("/api/search/upload?k=5", data={"other": "x"})
+    assert missing.status_code == 400 and "file" in missing.json()["error"]
 
 
-@pytest.mark.parametrize("k", ["0", "-1", "abc", "2.5", "", str(MAX_K + 1), "3&k=4"])
-def test_a_bad_k_is_400(archive, port, k):
-    status, _, body = request(port, "POST", f"/api/search?k={k}", body=image_bytes(archive, 0))
-    assert status == 400 and "k must be" in json.loads(body)["error"]
+def test_k_beyond_the_index_returns_all_and_k_defaults_to_10(archive, client):
+    assert client.post(f"/api/search?k={MAX_K}", content=image_bytes(archive, 0)).json()["k"] == 12
+    assert len(client.post("/api/search", content=image_bytes(archive, 0)).json()["results"]) == 10
 
 
-def test_bytes_that_are_not_an_image_are_400(archive, port):
-    status, content_type, body = request(port, "POST", "/api/search?k=3", body=b"GIF89a but not really" * 10)
-    assert status == 400 and content_type.startswith("application/json")
-    assert "not a readable image" in json.loads(body)["error"]
-    truncated = image_bytes(archive, 0)[:200]
-    status, _, body = request(port, "POST", "/api/search?k=3", body=truncated)
-    assert status == 400 and "not a readable image" in json.loads(body)["error"]
+@pytest.mark.parametrize("k", ["0", "-1", "abc", "2.5", "", str(MAX_K + 1), "3&k=4", "99999999999999999999"])
+@pytest.mark.parametrize("route", ["/api/search", "/api/search/upload"])
+def test_a_bad_k_is_400(archive, client, k, route):
+    if route.endswith("upload"):
+        response = client.post(f"{route}?k={k}", files={"file": ("a.png", image_bytes(archive, 0), "image/png")})
+    else:
+        response = client.post(f"{route}?k={k}", content=image_bytes(archive, 0))
+    assert response.status_code == 400 and "k must be" in response.json()["error"]
 
 
-def test_an_announced_oversize_upload_is_413_without_sending_it(port):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.putrequest("POST", "/api/search?k=3")
-        conn.putheader("Content-Length", str(10**12))
-        conn.endheaders()
-        response = conn.getresponse()
-        assert response.status == 413 and "exceeds the limit" in json.loads(response.read())["error"]
-    finally:
-        conn.close()
+@pytest.mark.parametrize("route", ["/api/search", "/api/search/upload"])
+def test_bytes_that_are_not_an_image_are_400(archive, client, route):
+    for data in (b"GIF89a but not really" * 10, image_bytes(archive, 0)[:200]):
+        if route.endswith("upload"):
+            response = client.post(f"{route}?k=3", files={"file": ("notes.txt", data, "text/plain")})
+        else:
+            response = client.post(f"{route}?k=3", content=data)
+        assert response.status_code == 400 and response.headers["content-type"].startswith("application/json")
+        assert "not a readable image" in response.json()["error"]
 
 
-def test_an_upload_over_the_limit_is_413(archive, small_limit_port):
+def test_an_upload_over_the_limit_is_413_on_both_routes(archive, searcher):
     body = image_bytes(archive, 0)
     assert len(body) > 1000
-    status, _, answer = request(small_limit_port, "POST", "/api/search?k=3", body=body + bytes(5000))
-    assert status == 413 and "limit of 1000" in json.loads(answer)["error"]
+    with TestClient(create_app(searcher, max_upload_bytes=1000)) as small:
+        response = small.post("/api/search?k=3", content=body + bytes(5000))
+        assert response.status_code == 413 and "limit of 1000" in response.json()["error"]
+        response = small.post("/api/search/upload?k=3", files={"file": ("a.png", body + bytes(5000), "image/png")})
+        assert response.status_code == 413
 
 
-def test_an_upload_without_content_length_is_411(port):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.putrequest("POST", "/api/search?k=3")
-        conn.endheaders()
-        response = conn.getresponse()
-        assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
-    finally:
-        conn.close()
+def test_images_are_served_by_id_with_the_indexed_bytes(archive, client):
+    response = client.get("/images/3")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content == image_bytes(archive, 3)
 
 
-def test_images_are_served_by_id_with_the_indexed_bytes(archive, port):
-    status, content_type, body = request(port, "GET", "/images/3")
-    assert status == 200 and content_type == "image/png" and body == image_bytes(archive, 3)
-
-
-def test_a_tiff_image_is_served_as_png(port, searcher, tmp_path, monkeypatch):
+def test_a_tiff_image_is_served_as_png(client, searcher, tmp_path, monkeypatch):
     tiff = tmp_path / "tile.tif"
     Image.new("RGB", (9, 7), (10, 200, 30)).save(tiff)
     monkeypatch.setattr(searcher, "image_path", lambda image_id: str(tiff))
-    status, content_type, body = request(port, "GET", "/images/1")
-    assert status == 200 and content_type == "image/png"
-    with Image.open(io.BytesIO(body)) as image:
+    response = client.get("/images/1")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(response.content)) as image:
         assert image.format == "PNG" and image.size == (9, 7) and image.getpixel((0, 0)) == (10, 200, 30)
+
+
+def test_an_indexed_file_that_vanished_is_404_naming_only_its_id(client, searcher, tmp_path, monkeypatch):
+    monkeypatch.setattr(searcher, "image_path", lambda image_id: str(tmp_path / "gone.png"))
+    response = client.get("/images/2")
+    assert response.status_code == 404 and response.json() == {"error": "image 2 is not available"}
+
+
+def test_post_elsewhere_is_4xx(archive, client):
+    assert client.post("/images/0", content=image_bytes(archive, 0)).status_code == 405
+    assert client.post("/api/elsewhere", content=b"x").status_code == 404
+
+
+# ---- on the wire, through uvicorn
 
 
 @pytest.mark.parametrize(
@@ -205,17 +222,64 @@ def test_a_tiff_image_is_served_as_png(port, searcher, tmp_path, monkeypatch):
         "/README.md",
         "//etc/passwd",
         "/api/search",
+        "/static/../service.py",
+        "/static/%2e%2e/service.py",
+        "/static/%2e%2e%2f%2e%2e%2f..%2fREADME.md",
+        "/static/",
         "/" + os.path.join(REPO_ROOT, "README.md").lstrip("/"),
     ],
 )
-def test_anything_but_an_indexed_id_is_4xx(port, target):
+def test_anything_but_an_indexed_id_or_a_page_file_is_4xx(port, target):
     status, _, body = request(port, "GET", target)
-    assert 400 <= status < 500 and b"root:" not in body and b"SDSH" not in body
+    assert 400 <= status < 500 and b"root:" not in body and b"SDSH" not in body and b"import" not in body
 
 
-def test_post_elsewhere_is_404(archive, port):
-    status, _, _ = request(port, "POST", "/images/0", body=image_bytes(archive, 0))
-    assert status == 404
+def test_an_announced_oversize_upload_is_413_without_sending_it(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest("POST", "/api/search?k=3")
+        conn.putheader("Content-Length", str(10**12))
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 413 and "exceeds the limit" in json.loads(response.read())["error"]
+    finally:
+        conn.close()
+
+
+def test_an_upload_over_the_limit_is_413_on_the_wire(archive, searcher):
+    server, thread, small_port = start_server(searcher, max_upload_bytes=1000)
+    try:
+        status, _, answer = request(small_port, "POST", "/api/search?k=3", body=image_bytes(archive, 0) + bytes(50000))
+        assert status == 413 and "limit of 1000" in json.loads(answer)["error"]
+    finally:
+        stop_server(server, thread)
+
+
+def test_an_upload_without_content_length_is_411(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest("POST", "/api/search?k=3")
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
+    finally:
+        conn.close()
+
+
+def test_a_stalled_upload_is_408(port, monkeypatch):
+    from dinov2.search import service
+
+    monkeypatch.setattr(service, "BODY_TIMEOUT_S", 0.5)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest("POST", "/api/search?k=3")
+        conn.putheader("Content-Length", "1000")
+        conn.endheaders()
+        conn.send(b"\x89PNG" + bytes(10))  # then silence
+        response = conn.getresponse()
+        assert response.status == 408 and "no request data" in json.loads(response.read())["error"]
+    finally:
+        conn.close()
 
 
 def test_eight_concurrent_searches_are_all_correct(archive, port):

@@ -3,6 +3,7 @@ from .class_folder import ClassFolderDataset, SplitEntry
 from .decoders import ImageLoadError, load_image_rgb, to_rgb
 from .folder_tree import FolderTreeDataset
 from .image_list import ImageListDataset, ImageListError
+from .parquet import ParquetDataset, ParquetError, parse_locator, read_parquet_image
 from .sources import SOURCES, detect_source, open_image_source
 
 __all__ = [
@@ -16,10 +17,14 @@ __all__ = [
     "ImageListDataset",
     "ImageListError",
     "ImageLoadError",
+    "ParquetDataset",
+    "ParquetError",
     "SplitEntry",
     "SplitImageDataset",
     "detect_source",
     "load_image_rgb",
     "open_image_source",
+    "parse_locator",
+    "read_parquet_image",
     "to_rgb",
 ]

@@ -14,7 +14,7 @@ import csv
 import io
 import logging
 import os
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -184,13 +184,26 @@ class SplitImageDataset(Dataset):
 
     def _decode_all(self) -> List[np.ndarray]:
         cached = []
-        progress = tqdm(self.samples, desc=f"caching {self.split} images", disable=not distributed.is_main_process())
-        for path, _ in progress:
-            image = load_image_rgb(path)
+        progress = tqdm(range(len(self.samples)), desc=f"caching {self.split} images", disable=not distributed.is_main_process())
+        for index in progress:
+            image = self._load_image(index)
             if self.cache_size is not None:
                 image = _resize_shorter_side(image, self.cache_size)
             cached.append(np.asarray(image, dtype=np.uint8))
         return cached
+
+    def _load_image(self, index: int) -> Image.Image:
+        """Decode sample ``index`` from where it is stored (a file here; sources storing images elsewhere override)."""
+        return load_image_rgb(self.samples[index][0])
+
+    def encoded_image(self, index: int) -> Tuple[Union[str, BinaryIO], str]:
+        """What ``PIL.Image.open`` reads for sample ``index`` (its file, or its bytes) and how errors name it."""
+        path = self.samples[index][0]
+        return path, f"file '{path}'"
+
+    def stored_file(self, index: int) -> str:
+        """The file on disk that holds sample ``index`` (its identity: size and modification time)."""
+        return self.samples[index][0]
 
     def relative_files(self) -> List[str]:
         """The files of this split relative to the root, "/"-separated (as in the split manifest)."""
@@ -224,7 +237,7 @@ class SplitImageDataset(Dataset):
         """The RGB PIL image of sample ``index``, from the cache when there is one."""
         if self._cache is not None:
             return Image.fromarray(self._cache[index])
-        return load_image_rgb(self.samples[index][0])
+        return self._load_image(index)
 
     def __getitem__(self, index: int):
         image = self.get_image(index)

@@ -6,7 +6,7 @@ here, once, so the transforms only ever see ``RGB`` images.
 """
 
 import os
-from typing import Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -89,7 +89,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image_rgb(path: PathLike) -> Image.Image:
+def load_image_rgb(path: Union[PathLike, BinaryIO], name: Optional[str] = None) -> Image.Image:
     """Read an image file completely and return it as 8-bit RGB.
 
     The pixel data is decoded inside the ``try`` (``Image.open`` alone only reads the header), so a
@@ -98,7 +98,8 @@ def load_image_rgb(path: PathLike) -> Image.Image:
     default (False) truncation raises.
 
     Args:
-        path: image file.
+        path: image file, or a binary file object holding an encoded image.
+        name: how errors name the image (default ``file '<path>'``), e.g. a row of a parquet shard.
 
     Returns:
         An ``RGB`` PIL image, detached from the file.
@@ -113,7 +114,8 @@ def load_image_rgb(path: PathLike) -> Image.Image:
             # Closing the file invalidates ``image``; converted images are already separate objects.
             return rgb.copy() if rgb is image else rgb
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ...
+        what = name or f"file '{path}'"
         raise ImageLoadError(
-            f"cannot read image file '{path}': {type(error).__name__}: {error} "
+            f"cannot read image {what}: {type(error).__name__}: {error} "
             "(expected a complete, readable image; replace or remove the file)"
         ) from error

@@ -1,8 +1,10 @@
-"""Choosing the image source of a path: class folders (the default), an image list or a folder tree.
+"""Choosing the image source of a path: class folders (the default), an image list, a folder tree or
+a Hugging Face parquet dataset.
 
 ``data.source`` names it in the config (``train.data_path`` is then the root folder or the list file);
-``auto`` decides from the path: a file is an image list, a folder whose visible entries are all
-folders of images is class folders, any other folder is an unlabeled folder tree.
+``auto`` decides from the path: a ``.parquet`` file, or a folder holding ``*.parquet`` shards and no
+image file, is a parquet dataset; any other file is an image list; a folder whose visible entries are
+all folders of images is class folders; any other folder is an unlabeled folder tree.
 """
 
 import os
@@ -13,16 +15,34 @@ from .class_folder import ClassFolderDataset
 from .decoders import PathLike
 from .folder_tree import FolderTreeDataset
 from .image_list import ImageListDataset
+from .parquet import PARQUET_SUFFIX, ParquetDataset
 
-SOURCES = ("class_folders", "image_list", "folder_tree", "auto")
+SOURCES = ("class_folders", "image_list", "folder_tree", "parquet", "auto")
+
+
+def holds_parquet_shards(folder: str) -> bool:
+    """Whether ``folder`` holds ``*.parquet`` files (any depth) and no image file: a Hub dataset download.
+
+    The walk stops at the first image file, so a folder of images is recognised after one listing.
+    """
+    found = False
+    for _, subfolders, names in os.walk(folder):
+        subfolders[:] = sorted(name for name in subfolders if is_visible(name))
+        for name in names:
+            if is_image_file(name):
+                return False
+            found = found or (is_visible(name) and name.endswith(PARQUET_SUFFIX))
+    return found
 
 
 def detect_source(path: str) -> str:
     """The source ``auto`` picks for ``path`` (see the module docstring)."""
     if os.path.isfile(path):
-        return "image_list"
+        return "parquet" if path.endswith(PARQUET_SUFFIX) else "image_list"
     if not os.path.isdir(path):
         raise FileNotFoundError(f"'{path}' is neither an image list file nor a folder")
+    if holds_parquet_shards(path):
+        return "parquet"
     names = [name for name in os.listdir(path) if is_visible(name)]
     folders = [name for name in names if os.path.isdir(os.path.join(path, name))]
     if not folders or any(is_image_file(name) for name in names if name not in folders):
@@ -50,7 +70,7 @@ def open_image_source(
 
     Raises:
         ValueError: an unknown source; a path of the wrong kind for it (named with the fix).
-        FileNotFoundError, ImageListError: as the dataset classes.
+        FileNotFoundError, ImageListError, ParquetError: as the dataset classes.
     """
     path = os.fspath(path)
     if source not in SOURCES:
@@ -58,6 +78,8 @@ def open_image_source(
     if source == "auto":
         source = detect_source(path)
     options = dict(transform=transform, target_transform=target_transform, cache=cache, cache_size=cache_size)
+    if source == "parquet":
+        return ParquetDataset(path, split, train_ratio, val_ratio, **options)
     if source == "image_list":
         if os.path.isdir(path):
             raise ValueError(f"data.source=image_list but '{path}' is a folder: give the list file, or data.source=class_folders")

@@ -9,7 +9,7 @@ import numpy as np
 
 from dinov2.checkpoint import atomic_path
 from dinov2.data import make_classification_eval_transform
-from dinov2.data.datasets import SplitImageDataset, load_image_rgb
+from dinov2.data.datasets import SplitImageDataset
 from dinov2.eval.hashing import hamming_topk, pack_codes_padded, precision_at_k, precision_recall_curve, unpack_codes
 
 logger = logging.getLogger("dinov2")
@@ -90,8 +90,9 @@ def grid_query_indices(labels: Sequence[int], count: int = GRID_QUERIES) -> List
     return order[:count].tolist()
 
 
-def _thumbnail(path: str, resize_crop) -> np.ndarray:
-    return np.asarray(resize_crop(load_image_rgb(path)))
+def _thumbnail(dataset: SplitImageDataset, index: int, resize_crop) -> np.ndarray:
+    # get_image reads a file or a parquet row alike.
+    return np.asarray(resize_crop(dataset.get_image(index)))
 
 
 def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries) -> List[str]:
@@ -119,8 +120,8 @@ def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, que
     chosen = grid_query_indices(first_labels(queries))
     k = min(GRID_TOPK, d_bits.shape[0])
     distances, neighbours = hamming_topk(q_bits[chosen], d_bits, k=k)
-    q_images = [_thumbnail(queries.samples[i][0], resize_crop) for i in chosen]
-    r_images = [[_thumbnail(db.samples[j][0], resize_crop) for j in row] for row in neighbours]
+    q_images = [_thumbnail(queries, i, resize_crop) for i in chosen]
+    r_images = [[_thumbnail(db, j, resize_crop) for j in row] for row in neighbours]
     # Relevant: at least one shared label (the class, for a single-label set).
     relevant = np.array(
         [[bool(set(queries.entries[i].labels) & set(db.entries[j].labels)) for j in row] for i, row in zip(chosen, neighbours)]
