@@ -46,6 +46,7 @@ from dinov2.train.selection import UNIFORM_DINO_TARGETS, do_eval_only, evaluate_
 from dinov2.train.setup import NonFiniteGradientError, TrainingSetup
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
 from dinov2.utils.config import ConfigError, check_resume_config, get_cfg_from_args, has_resume_state, setup
+from dinov2.utils.errors import TrainingStopped
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
@@ -65,7 +66,7 @@ Every key=value option must name a key of dinov2/configs/ssl_default_config.yaml
 """
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(TrainingStopped, RuntimeError):
     """Training stopped because a loss term (or a gradient) became NaN or infinite; nothing of this state was saved.
 
     Attributes:
@@ -83,7 +84,7 @@ class NonFiniteTrainingError(RuntimeError):
         self.iteration = iteration
 
 
-class CodeCollapseError(RuntimeError):
+class CodeCollapseError(TrainingStopped, RuntimeError):
     """Training stopped by ``train.stop_on_collapse``; the summary and the checkpoints are written."""
 
 

@@ -20,11 +20,12 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from dinov2.checkpoint import atomic_write_text
 from dinov2.configs import dinov2_default_config
 from dinov2.layers.hash_head import POOLINGS
+from dinov2.utils.errors import InputError
 
 logger = logging.getLogger("dinov2")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A configuration value or key that cannot be used, with the offending source named."""
 
 

@@ -55,6 +55,7 @@ from dinov2.eval.retrieval.outputs import (  # noqa: F401  (grid_query_indices a
 from dinov2.logging import setup_logging
 from dinov2.models.hashing_network import NETWORK_CONFIG_SECTIONS, load_hashing_network
 from dinov2.utils.config import ConfigError, get_cfg_from_args
+from dinov2.utils.errors import InputError
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
@@ -85,7 +86,7 @@ Exit status: 0 on success, 2 on bad input (the message names the file, key or va
 """
 
 
-class RetrievalError(RuntimeError):
+class RetrievalError(InputError, RuntimeError):
     """Input the retrieval tool cannot use: a bad option combination or an unusable query."""
 
 
