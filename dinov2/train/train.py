@@ -24,24 +24,32 @@ each backward pass (the weights are broadcast from rank 0 first), which keeps th
 the EMA teachers, identical.
 """
 
-import argparse
+import sys
+
+if __name__ == "__main__":
+    # Run as a script: the options are parsed (and --help answered) before torch is imported, then the
+    # package module's main runs, so that its classes are those the SLURM launcher pickles.
+    from dinov2.train.options import get_args_parser
+    from dinov2.utils.cli import run_cli
+
+    sys.exit(run_cli(get_args_parser(), "dinov2.train.train:main", distributed=True))
+
 import logging
 import math
 import os
-import sys
 from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
-from dinov2.checkpoint import AtomicPeriodicCheckpointer, CheckpointError, FSDPCheckpointer, save_teacher_checkpoint
-from dinov2.data import ImageLoadError
+from dinov2.checkpoint import AtomicPeriodicCheckpointer, FSDPCheckpointer, save_teacher_checkpoint
 from dinov2.data.builders import build_train_loader, is_labeled, resolve_data_root
 from dinov2.distributed.devices import select_device, use_fsdp
 from dinov2.logging import MetricLogger, SmoothedValue, drop_records_from, setup_logging
 from dinov2.train.evaluator import RetrievalEvaluator
 from dinov2.train.optim import apply_optim_scheduler, build_optimizer, build_schedulers
+from dinov2.train.options import get_args_parser  # noqa: F401  (the options, importable from here)
 from dinov2.train.selection import UNIFORM_DINO_TARGETS, do_eval_only, evaluate_and_keep_best, finish
 from dinov2.train.setup import NonFiniteGradientError, TrainingSetup
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
@@ -50,21 +58,6 @@ from dinov2.utils.errors import TrainingStopped
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
-
-_EXAMPLES = """examples:
-  # the demo: a generated dataset and a tiny ViT trained from scratch on the CPU (a few minutes)
-  python dinov2/train/train.py --config-file configs/demo.yaml --output-dir outputs/demo
-
-  # AID, 64 bits, from the public DINOv2 ViT-S/14 weights, on 8 GPUs
-  torchrun --nproc_per_node 8 dinov2/train/train.py --config-file configs/aid_64bit.yaml \\
-      --output-dir runs/aid64 train.data_path=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
-
-  # evaluate the teacher of the last checkpoint of a run (or any checkpoint with MODEL.WEIGHTS=...)
-  python dinov2/train/train.py --config-file configs/aid_64bit.yaml --output-dir runs/aid64 --eval-only
-
-Every key=value option must name a key of dinov2/configs/ssl_default_config.yaml.
-"""
-
 
 class NonFiniteTrainingError(TrainingStopped, RuntimeError):
     """Training stopped because a loss term (or a gradient) became NaN or infinite; nothing of this state was saved.
@@ -86,49 +79,6 @@ class NonFiniteTrainingError(TrainingStopped, RuntimeError):
 
 class CodeCollapseError(TrainingStopped, RuntimeError):
     """Training stopped by ``train.stop_on_collapse``; the summary and the checkpoints are written."""
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Command-line options of the training entry point.
-
-    Args:
-        add_help: add ``-h/--help`` (False when used as a parent parser, e.g. by the SLURM launcher).
-    Returns:
-        The parser: --config-file, --output-dir, --no-resume, --eval-only and ``key=value`` options.
-    """
-    parser = argparse.ArgumentParser(
-        "SDSH training",
-        description="Train SDSH (self-distilled self-supervised hashing) with the DINOv2 trainer, evaluating "
-        "the teacher's binary codes by Hamming-ranking retrieval mAP.",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=add_help,
-    )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML overrides of the default config")
-    parser.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="start from the initial weights instead of the last checkpoint in --output-dir",
-    )
-    parser.add_argument(
-        "--eval-only",
-        action="store_true",
-        help="only evaluate: the teacher of the last checkpoint in --output-dir, or MODEL.WEIGHTS when set",
-    )
-    parser.add_argument(
-        "--output-dir",
-        "--output_dir",
-        default="",
-        type=str,
-        help="directory of the config, logs, checkpoints and evaluation results",
-    )
-    parser.add_argument(
-        "opts",
-        help="config overrides as key=value (e.g. hash.hash_bit=32 train.batch_size_per_gpu=32)",
-        default=None,
-        nargs=argparse.REMAINDER,
-    )
-    return parser
 
 
 def _reduce_losses(loss_dict: Dict[str, torch.Tensor]) -> Dict[str, float]:
@@ -319,17 +269,19 @@ def main(args) -> Dict[str, Any]:
     if not args.output_dir:
         raise ConfigError("--output-dir is required")
     if not distributed.is_enabled():
+        # Called from Python in a launched process (tests, the SLURM task): join its process group.
         distributed.enable(overwrite=True)
     output_dir = os.path.abspath(args.output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    setup_logging(output=output_dir, level=logging.INFO)
+    setup_logging(level=logging.INFO)  # the console only until the inputs are checked
 
     preview = get_cfg_from_args(args)
-    # Before anything is written: the config's values and every file it names.
+    # Before anything is written, log.txt included: the config's values and every file it names.
     check_run_inputs(preview, need_pretrained=not (args.eval_only and preview.MODEL.WEIGHTS))
     if not args.no_resume or args.eval_only:
         check_resume_config(preview, output_dir)
-    elif has_resume_state(output_dir):
+    os.makedirs(output_dir, exist_ok=True)
+    setup_logging(output=output_dir, level=logging.INFO)
+    if args.no_resume and not args.eval_only and has_resume_state(output_dir):
         logger.warning(f"--no-resume: the checkpoints in {output_dir} are ignored and will be overwritten as training goes")
     if distributed.is_enabled():
         # Nobody rewrites config.yaml before every rank has compared it.
@@ -367,13 +319,3 @@ def main(args) -> Dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
-    try:
-        main(get_args_parser(add_help=True).parse_args())
-    except (
-        ConfigError, CheckpointError, ImageLoadError, FileNotFoundError, NonFiniteTrainingError, CodeCollapseError
-    ) as error:
-        # Expected failures (bad config, data or checkpoint, diverged loss) get their message, not a traceback.
-        logger.error(str(error))
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)

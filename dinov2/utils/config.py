@@ -396,6 +396,9 @@ def get_cfg_from_args(args) -> DictConfig:
     args.output_dir = os.path.abspath(args.output_dir)
     opts = list(getattr(args, "opts", None) or [])
     opts = [o for o in opts if not o.startswith("train.output_dir=")]
+    if getattr(args, "device", None):
+        # --device of the entry points (dinov2.utils.cli.config_options) is train.device, validated like it.
+        opts.append(f"train.device={args.device}")
     cfg = merge_config(args.config_file, opts)
     cfg.train.output_dir = args.output_dir
     return cfg
