@@ -9,7 +9,7 @@ _EXAMPLES = f"""examples:
   python dinov2/train/train.py --config-file configs/demo.yaml --output-dir outputs/demo
 
   # AID, 64 bits, from the public DINOv2 ViT-S/14 weights, on 8 GPUs
-  torchrun --nproc_per_node 8 dinov2/train/train.py --config-file configs/aid_64bit.yaml \\\\
+  torchrun --nproc_per_node 8 dinov2/train/train.py --config-file configs/aid_64bit.yaml \\
       --output-dir runs/aid64 train.data_path=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
 
   # evaluate the teacher of the last checkpoint of a run (or any checkpoint with MODEL.WEIGHTS=...)

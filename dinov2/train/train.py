@@ -32,7 +32,7 @@ if __name__ == "__main__":
     from dinov2.train.options import get_args_parser
     from dinov2.utils.cli import run_cli
 
-    sys.exit(run_cli(get_args_parser(), "dinov2.train.train:main", distributed=True))
+    sys.exit(run_cli(get_args_parser(), "dinov2.train.train:main", distributed=True, log_errors=True))
 
 import logging
 import math

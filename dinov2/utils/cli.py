@@ -11,8 +11,8 @@ dinov2.eval.baselines``, ``python -m dinov2.search``, the SLURM launcher) exits 
 3     training stopped before its end: a non-finite loss or gradient, or ``train.stop_on_collapse``
 ====  ===========================================================================================
 
-Expected failures print ``error: <message>`` on stderr (and into the run's log when one is open),
-never a traceback.
+Expected failures print ``error: <message>`` on stderr (training also logs it into its log.txt), never a
+traceback.
 
 This module imports neither torch nor any other heavy library, and neither do the option modules of
 the entry points: ``--help`` and usage errors answer before those load. The implementation of an
@@ -92,9 +92,9 @@ def _stop_distributed() -> None:
     importlib.import_module("torch.distributed").destroy_process_group()
 
 
-def report_error(error: BaseException) -> None:
-    """``error: <message>`` on stderr, and into the run's log when logging is set up."""
-    if logger.handlers:
+def report_error(error: BaseException, log: bool = False) -> None:
+    """``error: <message>`` on stderr; with ``log``, also through the ``dinov2`` logger when it is set up."""
+    if log and logger.handlers:
         logger.error(str(error))
     print(f"error: {error}", file=sys.stderr)
 
@@ -114,6 +114,7 @@ def run_cli(
     argv: Optional[Sequence[str]] = None,
     *,
     distributed: bool = False,
+    log_errors: bool = False,
 ) -> int:
     """Parse ``argv``, run ``main(args)`` and turn the outcome into the exit status of the table above.
 
@@ -124,6 +125,7 @@ def run_cli(
         argv: the command line (``sys.argv[1:]`` when None).
         distributed: start the torch.distributed process group of a torchrun/SLURM launch before ``main``
             and destroy it afterwards (a group that already exists is left to its owner).
+        log_errors: also log an expected failure, so that it ends the run's log file (training's log.txt).
     Returns:
         The exit status; any exception that is not an expected failure propagates with its traceback.
     """
@@ -143,7 +145,7 @@ def run_cli(
         status = exit_status(error)
         if status is None:
             raise
-        report_error(error)
+        report_error(error, log_errors)
         return status
     finally:
         if started:
