@@ -41,7 +41,6 @@ CHUNKS_DIR = "chunks"
 INDEX_FILE = "index.sdshbix"
 FILES_FILE = "files.jsonl"
 META_FILE = "meta.json"
-DEFAULT_CHUNK_SIZE = 1024
 
 
 class ArchiveError(InputError, RuntimeError):

@@ -48,19 +48,26 @@ logger = logging.getLogger("dinov2")
 MainFn = Callable[[argparse.Namespace], Any]
 
 
-def config_options(output_help: str = "where results are written (required)", device_help: Optional[str] = None):
+def config_options(
+    output_help: str = "where results are written (required)",
+    device_help: Optional[str] = None,
+    output_required: bool = False,
+) -> argparse.ArgumentParser:
     """The options every config-driven entry point shares, as a parent parser (``parents=[...]``).
 
     Args:
         output_help: the help text of ``--output-dir`` for this entry point.
         device_help: the help text of ``--device``; None leaves ``--device`` out.
+        output_required: make ``--output-dir`` a required option (a usage error when missing).
     Returns:
         A parser without ``-h``: ``--config-file``, ``--output-dir`` (``--output_dir``), ``--device`` (which
         sets ``train.device``) and the ``key=value`` config overrides, which take the rest of the line.
     """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config-file", default="", metavar="FILE", help="YAML overrides of the default config")
-    parser.add_argument("--output-dir", "--output_dir", default="", metavar="DIR", help=output_help)
+    parser.add_argument(
+        "--output-dir", "--output_dir", default="", required=output_required, metavar="DIR", help=output_help
+    )
     if device_help is not None:
         parser.add_argument("--device", choices=DEVICES, default=None, help=f"{device_help} (sets train.device)")
     parser.add_argument(

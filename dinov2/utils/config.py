@@ -391,15 +391,20 @@ def fix_random_seeds(seed: int = 31) -> None:
     torch.manual_seed(seed)
 
 
-def get_cfg_from_args(args) -> DictConfig:
-    """Merged configuration for parsed arguments with ``config_file``, ``opts`` and ``output_dir``."""
-    args.output_dir = os.path.abspath(args.output_dir)
-    opts = list(getattr(args, "opts", None) or [])
-    opts = [o for o in opts if not o.startswith("train.output_dir=")]
+def command_line_opts(args) -> List[str]:
+    """The ``key=value`` overrides of parsed arguments: ``opts`` (less ``train.output_dir``, which
+    ``--output-dir`` sets), then ``train.device`` from ``--device`` when given."""
+    opts = [o for o in (getattr(args, "opts", None) or []) if not o.startswith("train.output_dir=")]
     if getattr(args, "device", None):
-        # --device of the entry points (dinov2.utils.cli.config_options) is train.device, validated like it.
+        # --device of the entry points (dinov2.utils.cli.config_options), validated like any train.device.
         opts.append(f"train.device={args.device}")
-    cfg = merge_config(args.config_file, opts)
+    return opts
+
+
+def get_cfg_from_args(args) -> DictConfig:
+    """Merged configuration for parsed arguments with ``config_file``, ``opts``, ``output_dir`` (and ``device``)."""
+    args.output_dir = os.path.abspath(args.output_dir)
+    cfg = merge_config(args.config_file, command_line_opts(args))
     cfg.train.output_dir = args.output_dir
     return cfg
 
