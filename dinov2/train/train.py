@@ -48,9 +48,10 @@ from dinov2.data.builders import build_train_loader, is_labeled, resolve_data_ro
 from dinov2.distributed.devices import select_device, use_fsdp
 from dinov2.logging import MetricLogger, SmoothedValue, drop_records_from, setup_logging
 from dinov2.train.evaluator import RetrievalEvaluator
+from dinov2.train.monitor import TrainingMonitor
 from dinov2.train.optim import apply_optim_scheduler, build_optimizer, build_schedulers
 from dinov2.train.options import get_args_parser  # noqa: F401  (the options, importable from here)
-from dinov2.train.selection import UNIFORM_DINO_TARGETS, do_eval_only, evaluate_and_keep_best, finish
+from dinov2.train.selection import do_eval_only, evaluate_and_keep_best, finish
 from dinov2.train.setup import NonFiniteGradientError, TrainingSetup
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
 from dinov2.utils.config import ConfigError, check_resume_config, get_cfg_from_args, has_resume_state, setup
@@ -110,9 +111,14 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
     checkpointer = FSDPCheckpointer(model, output_dir, **checkpointables)
     state = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     start_iter = state.get("iteration", -1) + 1
-    best = {"mAP": float(state.get("best_mAP", -1.0)), "iteration": int(state.get("best_iteration", -1))}
-    # Checkpoints written before selection knew the chance level: their best counts as above it.
-    best["above_chance"] = bool(state.get("best_above_chance", best["iteration"] >= 0))
+    monitor = TrainingMonitor(
+        cfg.train.stop_on_collapse,
+        cfg.train.stop_on_collapse_evals,
+        cfg.hash.loss_contrastive,
+        evaluator.metrics_file if evaluator is not None else "",
+    )
+    monitor.restore(state)
+    best = monitor.best
     if start_iter > 0:
         logger.info(f"resumed at iteration {start_iter}; best mAP so far {best['mAP']:.4f} (iteration {best['iteration']})")
         if distributed.is_main_process():
@@ -131,63 +137,30 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
         metric_logger.add_meter(name, SmoothedValue(window_size=1, fmt="{value:.4g}"))
     eval_period = cfg.evaluation.eval_period_iterations
     clip = cfg.optim.clip_grad
-    last_eval = None
-    last_eval_iteration = -1
     iteration = start_iter
-    collapses = []  # {"iteration", "collapse"} of this run's evaluations (rank 0)
-    collapsed_in_a_row = 0
-    stopped = ""
-    dino_checks = []  # {"iteration", "entropy"} of the DINO targets at each evaluation
-
-    def check_dino_targets(it: int) -> None:
-        # The mean over the meter's window (the last 20 iterations), the same on every rank.
-        meter = metric_logger.meters.get("dino_target_entropy")
-        if meter is None or not meter.deque:
-            return
-        entropy = meter.avg
-        dino_checks.append({"iteration": it, "entropy": entropy})
-        if entropy >= UNIFORM_DINO_TARGETS:
-            logger.warning(
-                f"iteration {it}: DINO TARGETS UNIFORM: the teacher's DINO targets have {entropy:.4f} of the "
-                f"maximum entropy (mean of the last {len(meter.deque)} iterations), so the DINO term gives the "
-                "codes no signal and what they learn comes from the other loss terms. This happens when the teacher "
-                "maps every image to nearly one point (e.g. low-contrast images, trained from scratch); "
-                f"hash.loss_contrastive (now {cfg.hash.loss_contrastive}) ties the two views' codes without it"
-            )
 
     def evaluate(it: int) -> None:
-        nonlocal last_eval, last_eval_iteration, collapsed_in_a_row, stopped
-        check_dino_targets(it)
+        # The mean over the meter's window (the last 20 iterations), the same on every rank.
+        meter = metric_logger.meters.get("dino_target_entropy")
+        if meter is not None and meter.deque:
+            monitor.check_dino_targets(it, meter.avg, len(meter.deque))
         if evaluator is None:
             # Unlabeled images: no retrieval metrics, but the teacher is kept for indexing.
             last = os.path.join(output_dir, "eval", "last", "teacher_checkpoint.pth")
             save_teacher_checkpoint(model, cfg, last, float("nan"), it)
-            last_eval_iteration = it
+            monitor.record_teacher_only(it)
             return
         result = evaluate_and_keep_best(cfg, model, setup_, evaluator, it, best)
-        last_eval, last_eval_iteration = result.line, it
-        if result.line is not None:
-            collapses.append({"iteration": it, "collapse": result.line["collapse"]})
-        collapsed_in_a_row = collapsed_in_a_row + 1 if result.full_collapse else 0
-        if cfg.train.stop_on_collapse and collapsed_in_a_row >= cfg.train.stop_on_collapse_evals:
-            stopped = (
-                f"train.stop_on_collapse: the teacher's database codes collapsed at {collapsed_in_a_row} evaluations in "
-                f"a row (last at iteration {it}, see {evaluator.metrics_file}); the run stops here. "
-                "Change the recipe (e.g. optim.base_lr, teacher temperatures, hash.loss_hash_reg, hash.loss_contrastive) "
-                "and start again"
-            )
-            logger.error(stopped)
+        monitor.record_evaluation(it, result.line, result.full_collapse)
 
     def checkpoint(it: int) -> None:
         # After log_every has written iteration it's record: a kill after this checkpoint keeps that record.
-        periodic_checkpointer.step(
-            it, best_mAP=best["mAP"], best_iteration=best["iteration"], best_above_chance=best["above_chance"]
-        )
+        periodic_checkpointer.step(it, **monitor.checkpoint_state())
 
     logger.info(f"starting training at iteration {start_iter} of {max_iter}")
     steps = metric_logger.log_every(data_loader, cfg.train.log_period, "Training", max_iter, start_iter, checkpoint)
     for data in steps:
-        if stopped:
+        if monitor.stopped:
             # Here, not right after the evaluation: log_every writes the previous iteration's record first.
             break
         lr = schedules["lr"][iteration]
@@ -235,21 +208,14 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
             evaluate(iteration)
         iteration += 1
 
-    trained = iteration > start_iter
-    if trained and last_eval_iteration != iteration - 1:
+    if monitor.needs_final_evaluation(iteration, trained=iteration > start_iter):
         evaluate(iteration - 1)
     metric_logger.synchronize_between_processes()
     return {
         "start_iteration": start_iter,
         "last_iteration": iteration - 1,
         "max_iter": max_iter,
-        "best_mAP": best["mAP"],
-        "best_iteration": best["iteration"],
-        "best_above_chance": best["above_chance"],
-        "last_eval": last_eval,
-        "collapse": collapses,
-        "dino_targets": dino_checks,
-        "stopped": stopped,
+        **monitor.summary(),
         "last_checkpoint": _last_checkpoint(checkpointer),
     }
 
