@@ -17,6 +17,7 @@ from dinov2.utils.config import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "dinov2", "train", "train.py")
+LAUNCHER_SCRIPT = os.path.join(REPO_ROOT, "dinov2", "run", "train", "train.py")
 HEAVY = ("torch", "numba", "faiss", "matplotlib")
 
 
@@ -38,6 +39,7 @@ def _commands(tmp_path):
         "retrieval": ["-m", "dinov2.eval.retrieval", "--random-weights"],
         "baselines": ["-m", "dinov2.eval.baselines"],
         "search build": ["-m", "dinov2.search", "build", "--weights", str(weights), "--images", str(tmp_path)],
+        "slurm launcher": [LAUNCHER_SCRIPT, "--local", "--ngpus", "1"],
     }
 
 
@@ -48,7 +50,7 @@ def _run(args, *extra, importtime=False):
     )
 
 
-@pytest.mark.parametrize("tool", ["train", "retrieval", "baselines", "search build"])
+@pytest.mark.parametrize("tool", ["train", "retrieval", "baselines", "search build", "slurm launcher"])
 def test_bad_input_exits_2_in_every_entry_point_and_writes_nothing(tool, tmp_path):
     command = _commands(tmp_path)[tool]
     out = tmp_path / "out"
