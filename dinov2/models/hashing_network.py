@@ -19,6 +19,7 @@ from dinov2.checkpoint import (
     read_hashing_checkpoint,
 )
 from dinov2.layers.hash_head import HashHead
+from dinov2.models import build_model_from_cfg
 from dinov2.utils.config import ConfigError, fix_random_seeds
 
 logger = logging.getLogger("dinov2")
@@ -83,8 +84,6 @@ def build_hashing_network(cfg, weights: Optional[str] = None) -> HashingNetwork:
     Raises:
         CheckpointFormatError: unreadable file or a layout that does not match the config.
     """
-    from dinov2.models import build_model_from_cfg
-
     backbone, embed_dim = build_model_from_cfg(cfg, only_teacher=True)
     model = HashingNetwork(backbone, build_hash_head(cfg, embed_dim))
     if weights:
