@@ -188,6 +188,7 @@ def get_args_parser(
     description: Optional[str] = None,
     parents: Optional[List[argparse.ArgumentParser]] = None,
     add_help: bool = True,
+    epilog: Optional[str] = None,
 ) -> argparse.ArgumentParser:
     """Command-line options of a job submission.
 
@@ -196,12 +197,13 @@ def get_args_parser(
         parents: parsers whose options are added (e.g. the training options, built with
             ``add_help=False``).
         add_help: whether to add ``-h/--help``.
+        epilog: text shown after the options by ``--help``.
 
     Returns:
         The parser, with --ngpus, --nodes, --timeout, --partition, --use-volta32, --comment,
         --exclude and --local.
     """
-    parser = argparse.ArgumentParser(description=description, parents=parents or [], add_help=add_help)
+    parser = argparse.ArgumentParser(description=description, parents=parents or [], add_help=add_help, epilog=epilog)
     parser.add_argument(
         "--ngpus", "--gpus", "--gpus-per-node", default=8, type=int, help="GPUs (and processes) per node"
     )

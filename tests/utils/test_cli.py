@@ -66,7 +66,7 @@ def test_bad_input_exits_2_in_every_entry_point_and_writes_nothing(tool, tmp_pat
         assert not out.exists(), (case, sorted(os.listdir(out)))
 
 
-@pytest.mark.parametrize("tool", ["train", "retrieval", "baselines", "search build"])
+@pytest.mark.parametrize("tool", ["train", "retrieval", "baselines", "search build", "slurm launcher"])
 def test_help_answers_before_torch_or_any_other_heavy_library_is_imported(tool, tmp_path):
     result = _run(_commands(tmp_path)[tool], "--help", importtime=True)
     assert result.returncode == EXIT_OK, result.stderr[-2000:]

@@ -7,7 +7,9 @@ Usage::
 
 Options are those of ``dinov2.run.submit.get_args_parser`` plus those of the training entry point
 (``dinov2.train.options.get_args_parser``); ``key=value`` config overrides come last. A requeued job
-(time limit or preemption) resumes from the last checkpoint in the same output folder.
+(time limit or preemption) resumes from the last checkpoint in the same output folder. This module
+imports neither torch nor the trainer: ``--help`` answers at once, and the checks and the submission
+(``dinov2.run.train.launch``) load once the options are parsed.
 """
 
 import argparse
@@ -19,12 +21,9 @@ from typing import Any, Callable, List, Optional
 
 import submitit
 
-from dinov2.logging import setup_logging
-from dinov2.run.submit import check_args, get_args_parser, get_torch_distributed_env, submit_jobs
+from dinov2.run.submit import get_args_parser, get_torch_distributed_env
 from dinov2.train.options import get_args_parser as get_train_args_parser
-from dinov2.utils.cli import run_cli
-from dinov2.utils.config import get_cfg_from_args
-from dinov2.utils.validation import check_run_inputs
+from dinov2.utils.cli import EXIT_STATUS_HELP, run_cli
 
 logger = logging.getLogger("dinov2")
 
@@ -96,24 +95,8 @@ def get_launcher_args_parser() -> argparse.ArgumentParser:
     return get_args_parser(
         description="Submit SDSH training as a SLURM job (or run it locally with --local)",
         parents=[get_train_args_parser(add_help=False)],
+        epilog=EXIT_STATUS_HELP,
     )
-
-
-def submit(args: argparse.Namespace) -> None:
-    """Check the options, the config and the files it names, then submit one training job.
-
-    With ``--local``, waits for every process of the job; raises with the job's error log if one failed.
-    """
-    check_args(args)
-    # The checks the job itself starts with, run before anything is queued.
-    cfg = get_cfg_from_args(argparse.Namespace(**vars(args)))
-    check_run_inputs(cfg, need_pretrained=not (args.eval_only and cfg.MODEL.WEIGHTS))
-    # Console only: the job writes its own log.txt in the output directory.
-    setup_logging()
-    job = submit_jobs(Trainer, args, name="sdsh:train")
-    if args.local:
-        job.results()
-        logger.info("Local job %s finished", job.job_id)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -125,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit status of ``dinov2.utils.cli``: 0 once the job is submitted (with --local, once it has
         finished), 2 on bad input.
     """
-    return run_cli(get_launcher_args_parser(), submit, argv)
+    return run_cli(get_launcher_args_parser(), "dinov2.run.train.launch:submit", argv)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import submitit
 
+from dinov2.run.train import launch
 from dinov2.run.train import train as launcher
 from dinov2.run.train.train import Trainer
 
@@ -95,7 +96,7 @@ def test_checkpoint_requeues_a_resuming_trainer(parse_launcher_args):
 def _fake_train_module(monkeypatch, get_args_parser):
     monkeypatch.setattr(launcher, "get_train_args_parser", get_args_parser)
     submitted = []
-    monkeypatch.setattr(launcher, "submit_jobs", lambda task_class, args, name: submitted.append((task_class, args)))
+    monkeypatch.setattr(launch, "submit_jobs", lambda task_class, args, name: submitted.append((task_class, args)))
     return submitted
 
 
@@ -158,7 +159,7 @@ def test_local_job_preempted_then_resumed(parse_launcher_args, tmp_path):
 
     args = parse_launcher_args(["--local", "--ngpus", "1", "--timeout", "5", "--no-resume"])
     args.output_dir = str(tmp_path / "run")
-    job = launcher.submit_jobs(functools.partial(Trainer, train_fn=train_fn), args, name="test")
+    job = launch.submit_jobs(functools.partial(Trainer, train_fn=train_fn), args, name="test")
 
     started = tmp_path / "run" / "started"
     deadline = time.monotonic() + 60
