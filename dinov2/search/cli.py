@@ -86,10 +86,6 @@ def run_build(args) -> Optional[Dict[str, Any]]:
     Returns:
         The meta.json fields on rank 0, None on the other ranks.
     """
-    if args.chunk_size < 1:
-        raise ArchiveError(f"--chunk-size={args.chunk_size} must be a positive number of images")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ArchiveError(f"--batch-size={args.batch_size} must be a positive number of images")
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"weights file not found: {args.weights}")
     cfg = merge_config(args.config_file, command_line_opts(args))
@@ -179,8 +175,6 @@ def print_results(query: str, searcher: ArchiveSearcher, rows: List[Dict[str, An
 
 def run_search(args, out: Optional[TextIO] = None) -> List[Dict[str, Any]]:
     """Print the ``-k`` nearest indexed images of ``--image`` (a table, or JSON with ``--json``)."""
-    if args.k < 1:
-        raise ArchiveError(f"-k={args.k} must be a positive number of results")
     if not os.path.isfile(args.image):
         raise FileNotFoundError(f"query image not found: {args.image}")
     searcher = ArchiveSearcher(args.index, args.weights, args.device)

@@ -6,7 +6,7 @@
 import argparse
 from typing import Optional, Sequence
 
-from dinov2.utils.cli import DEVICES, EXIT_STATUS_HELP, config_options, run_cli
+from dinov2.utils.cli import DEVICES, EXIT_STATUS_HELP, config_options, positive_int, run_cli
 
 DEFAULT_K = 10
 DEFAULT_MAX_UPLOAD_MB = 16.0
@@ -76,9 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="how to read --images (default auto: a file is an image list, a folder of image folders is "
         "class folders, any other folder an unlabeled tree)",
     )
-    build.add_argument("--batch-size", type=int, default=None, metavar="B", help="images per forward pass")
+    build.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="images per forward pass")
     build.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N", help="images per resumable chunk"
+        "--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE, metavar="N", help="images per resumable chunk"
     )
     build.add_argument(
         "--overwrite", action="store_true", help="replace an index built with other weights, config or images"
@@ -89,7 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--index", required=True, metavar="DIR", help="an index directory written by build")
     search.add_argument("--image", required=True, metavar="FILE", help="the query image")
-    search.add_argument("-k", type=int, default=DEFAULT_K, metavar="N", help=f"how many results (default {DEFAULT_K})")
+    search.add_argument("-k", type=positive_int, default=DEFAULT_K, metavar="N", help=f"how many results (default {DEFAULT_K})")
     search.add_argument("--weights", default=None, metavar="CKPT", help="teacher checkpoint (default: meta.json's)")
     search.add_argument("--device", choices=DEVICES, default="auto", help="where the network runs")
     search.add_argument("--json", action="store_true", help="print the results as one JSON object")

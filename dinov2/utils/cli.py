@@ -48,6 +48,17 @@ logger = logging.getLogger("dinov2")
 MainFn = Callable[[argparse.Namespace], Any]
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a positive integer, else a usage error naming the value (exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
+    return value
+
+
 def config_options(
     output_help: str = "where results are written (required)",
     device_help: Optional[str] = None,

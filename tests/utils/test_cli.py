@@ -129,3 +129,12 @@ def test_main_named_by_path_is_imported_after_parsing(capsys):
 
 def test_the_search_options_offer_the_image_sources_of_the_datasets():
     assert tuple(IMAGE_SOURCES) == tuple(SOURCES)
+
+
+def test_counts_must_be_positive_integers_at_parse_time(capsys):
+    parser = argparse.ArgumentParser("t")
+    parser.add_argument("--batch-size", type=cli.positive_int)
+    assert run_cli(parser, lambda args: None, ["--batch-size", "4"]) == EXIT_OK
+    for bad in ("0", "-3", "x"):
+        assert run_cli(parser, lambda args: None, ["--batch-size", bad]) == EXIT_INPUT
+        assert f"argument --batch-size: '{bad}' is not a positive integer" in capsys.readouterr().err

@@ -6,7 +6,7 @@
 import argparse
 from typing import Optional, Sequence
 
-from dinov2.utils.cli import EXIT_STATUS_HELP, config_options, run_cli
+from dinov2.utils.cli import EXIT_STATUS_HELP, config_options, positive_int, run_cli
 
 # The method names, here so that the options list them without importing the methods (numpy, torch).
 METHODS = ("lsh", "pcah", "itq", "sh")
@@ -75,10 +75,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of LSH's projections and ITQ's rotation (default 0)")
     parser.add_argument(
-        "--pixel-size", type=int, default=DEFAULT_PIXEL_SIZE, metavar="P", help="side of the pixel features (16)"
+        "--pixel-size", type=positive_int, default=DEFAULT_PIXEL_SIZE, metavar="P", help="side of the pixel features (16)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=None, metavar="B", help="images per forward pass (evaluation.batch_size)"
+        "--batch-size", type=positive_int, default=None, metavar="B", help="images per forward pass (evaluation.batch_size)"
     )
     return parser
 

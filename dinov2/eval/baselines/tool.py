@@ -205,10 +205,6 @@ def run(args) -> None:
         raise BaselineError("--output-dir is required")
     bits_list = parse_bits(args.bits)
     methods = _parse_list(args.methods, "--methods", METHODS)
-    if args.pixel_size < 1:
-        raise BaselineError(f"--pixel-size={args.pixel_size} must be a positive number of pixels")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise BaselineError(f"--batch-size={args.batch_size} must be a positive number of images")
     kinds = feature_kinds(args.features, args.weights)
     cfg = get_cfg_from_args(args)
     check_run_inputs(cfg, weights=args.weights, need_pretrained="backbone" in kinds and not args.weights)

@@ -6,7 +6,7 @@
 import argparse
 from typing import Optional, Sequence
 
-from dinov2.utils.cli import EXIT_STATUS_HELP, config_options, run_cli
+from dinov2.utils.cli import EXIT_STATUS_HELP, config_options, positive_int, run_cli
 
 _EXAMPLES = f"""examples:
   # evaluate a trained teacher on AID (metrics.json, codes.npz, database.faissindex, plots)
@@ -57,9 +57,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="evaluate without --weights: random hash head (and backbone unless student.pretrained_weights is set)",
     )
     parser.add_argument("--query", default="", metavar="IMAGE", help="print the nearest database images of IMAGE")
-    parser.add_argument("--topk", type=int, default=10, metavar="N", help="with --query: how many (default 10)")
+    parser.add_argument("--topk", type=positive_int, default=10, metavar="N", help="with --query: how many (default 10)")
     parser.add_argument(
-        "--batch-size", type=int, default=None, metavar="B", help="images per forward pass (evaluation.batch_size)"
+        "--batch-size", type=positive_int, default=None, metavar="B", help="images per forward pass (evaluation.batch_size)"
     )
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     return parser

@@ -81,10 +81,6 @@ def _check_args(args) -> None:
         raise FileNotFoundError(f"weights file not found: {args.weights}")
     if args.query and not os.path.isfile(args.query):
         raise FileNotFoundError(f"query image not found: {args.query}")
-    if args.topk < 1:
-        raise RetrievalError(f"--topk={args.topk} must be a positive number of results")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise RetrievalError(f"--batch-size={args.batch_size} must be a positive number of images")
 
 
 def codes_fingerprint(cfg, weights: str, root: str) -> str:
