@@ -40,7 +40,7 @@ if REPO_ROOT not in sys.path:
 
 from dinov2.eval.baselines import tool as baselines  # noqa: E402
 from dinov2.train import train as train_module  # noqa: E402
-from dinov2.train.selection import UNIFORM_DINO_TARGETS  # noqa: E402
+from dinov2.train.monitor import UNIFORM_DINO_TARGETS  # noqa: E402
 
 IMAGE_SIZE = 64
 PRESET = os.path.join(REPO_ROOT, "configs", "demo.yaml")

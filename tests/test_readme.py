@@ -200,6 +200,10 @@ def _python(target: str, is_module: bool, argv: Sequence[str], command: str) -> 
         raise CommandError(f"{command}: no check for script {target}")
 
 
+# Programs of other projects that the docs show (their options are theirs to check).
+EXTERNAL_PROGRAMS = ("curl", "huggingface-cli")
+
+
 def check_command(command: str) -> None:
     """Exercise one README command as far as possible without data or a long run.
 
@@ -237,8 +241,23 @@ def check_command(command: str) -> None:
 
         args = _parse(torchrun.get_args_parser(), argv, command)
         _python(args.training_script, args.module, args.training_script_args, command)
+    elif program in ("pip", "pip3") and argv[:1] == ["install"]:
+        # The project's extras must exist: pip install 'sdsh[parquet]' names one of pyproject.toml's.
+        extras = _pyproject_extras()
+        for spec in argv[1:]:
+            match = re.fullmatch(r"sdsh\[([\w,]+)\]", spec)
+            if match and not set(match.group(1).split(",")) <= extras:
+                raise CommandError(f"{command}: no extra {match.group(1)!r} in pyproject.toml ({', '.join(sorted(extras))})")
+    elif program in EXTERNAL_PROGRAMS:
+        pass  # another program's command line (a download, an HTTP request): nothing of the project to check
     else:
         raise CommandError(f"{command}: no check for program {program!r}")
+
+
+def _pyproject_extras():
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    return set(re.findall(r"^(\w+) = ", section, flags=re.M))
 
 
 README_COMMANDS = shell_commands(README.read_text())
@@ -274,6 +293,7 @@ def test_docs_command_runs_as_written(command):
 # Commands that must be refused, each for one reason.
 WRONG_COMMANDS = {
     "unknown make target": "make demos",
+    "unknown extra": "pip install 'sdsh[parket]'",
     "unknown option": "python dinov2/train/train.py --config-file configs/demo.yaml --output-dir x --fake-option",
     "unknown config key": "python dinov2/train/train.py --config-file configs/demo.yaml --output-dir x train.data_pth=/d",
     "missing config file": "python dinov2/train/train.py --config-file configs/no_such.yaml --output-dir x",
@@ -285,7 +305,7 @@ WRONG_COMMANDS = {
     "unknown script": "python scripts/no_such_script.py",
     "unknown collapse study override": "python scripts/collapse_study.py --sets demo -- hash.no_such_key=1",
     "unknown shell script": "bash scripts/no_such.sh",
-    "unknown program": "curl http://127.0.0.1:8000/",
+    "unknown program": "wget http://127.0.0.1:8000/",
 }
 
 

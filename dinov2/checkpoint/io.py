@@ -19,8 +19,10 @@ from typing import Any, Callable, Dict, Iterator
 
 import torch
 
+from dinov2.utils.errors import InputError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint that cannot be read or does not belong to the model being trained."""
 
 

@@ -27,6 +27,9 @@ import torch
 from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
 from omegaconf import OmegaConf
 from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from dinov2 import distributed
 from dinov2.fsdp import is_fsdp
@@ -51,8 +54,6 @@ def rankstr() -> str:
 
 def _local_tensor(value: Any) -> Any:
     """The local shard of a ``ShardedTensor`` (FSDP's local state dict holds one per rank); other values as they are."""
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-
     if not isinstance(value, ShardedTensor):
         return value
     shards = value.local_shards()
@@ -80,9 +81,6 @@ def _refuse_non_finite(state: Dict[str, Any], name: str) -> None:
 
 
 def _local_state_dict_context(model: nn.Module):
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import StateDictType
-
     return FSDP.state_dict_type(model, StateDictType.LOCAL_STATE_DICT)
 
 
@@ -98,9 +96,6 @@ def full_state_dict(module: nn.Module) -> Dict[str, torch.Tensor]:
         ``{name: tensor}`` with the names of the unwrapped module, tensors on the CPU.
     """
     if has_fsdp_modules(module):
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
         config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
         with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, config):
             state = module.state_dict()

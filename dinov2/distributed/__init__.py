@@ -191,7 +191,8 @@ def enable(*, set_cuda_current_device: bool = True, overwrite: bool = False, all
         raise RuntimeError("torch.distributed is already initialised; enable() must be called once")
     variables = _launcher_environment()
     if variables is None:
-        logger.info("No torchrun or SLURM environment: running as a single process")
+        # The common case, and the entry points call this before their logging is set up: debug only.
+        logger.debug("No torchrun or SLURM environment: running as a single process")
         return
     for name, value in variables.items():
         _export(name, value, overwrite)

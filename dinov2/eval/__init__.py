@@ -1,6 +1,6 @@
-"""Retrieval evaluation: the Hamming-ranking metric library is re-exported here."""
+"""Retrieval evaluation: the Hamming-ranking metric library (``dinov2.eval.hashing``), the metric schema,
+encoding, plots, and the retrieval and baselines tools.
 
-from . import hashing
-from .hashing import *  # noqa: F403  (the names of hashing.__all__)
-
-__all__ = list(hashing.__all__)
+The package imports none of them on its own, so that the tools' options load without torch; import
+the metrics from ``dinov2.eval.hashing``.
+"""

@@ -5,6 +5,10 @@ from typing import Iterable, List, Set, Type
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
+from torch.distributed.fsdp._runtime_utils import _reshard
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -26,10 +30,6 @@ def get_fsdp_wrapper(model_cfg, modules_to_wrap: Set[Type[nn.Module]] = frozense
     Returns:
         ``functools.partial`` of FSDP; call it on the module.
     """
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
     strategies = {
         "NO_SHARD": ShardingStrategy.NO_SHARD,
         "SHARD_GRAD_OP": ShardingStrategy.SHARD_GRAD_OP,
@@ -62,22 +62,16 @@ def get_fsdp_wrapper(model_cfg, modules_to_wrap: Set[Type[nn.Module]] = frozense
 
 def is_fsdp(module: nn.Module) -> bool:
     """True when ``module`` is an FSDP wrapper."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     return isinstance(module, FSDP)
 
 
 def get_fsdp_modules(module: nn.Module) -> List[nn.Module]:
     """All FSDP units inside ``module`` (including itself), in a fixed order."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     return FSDP.fsdp_modules(module)
 
 
 def reshard_fsdp_model(module: nn.Module) -> None:
     """Free the unsharded parameters that SHARD_GRAD_OP keeps after a forward pass."""
-    from torch.distributed.fsdp._runtime_utils import _reshard
-
     for fsdp_module in get_fsdp_modules(module):
         # With one process FSDP turns SHARD_GRAD_OP into NO_SHARD: nothing is gathered, nothing to free.
         if fsdp_module._has_params and fsdp_module._handle.uses_sharded_strategy:

@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional
 
 import submitit
 
+from dinov2.utils.errors import InputError
+
 logger = logging.getLogger("dinov2")
 
 CLUSTER_TYPE_ENV = "SDSH_CLUSTER_TYPE"
@@ -186,6 +188,7 @@ def get_args_parser(
     description: Optional[str] = None,
     parents: Optional[List[argparse.ArgumentParser]] = None,
     add_help: bool = True,
+    epilog: Optional[str] = None,
 ) -> argparse.ArgumentParser:
     """Command-line options of a job submission.
 
@@ -194,12 +197,13 @@ def get_args_parser(
         parents: parsers whose options are added (e.g. the training options, built with
             ``add_help=False``).
         add_help: whether to add ``-h/--help``.
+        epilog: text shown after the options by ``--help``.
 
     Returns:
         The parser, with --ngpus, --nodes, --timeout, --partition, --use-volta32, --comment,
         --exclude and --local.
     """
-    parser = argparse.ArgumentParser(description=description, parents=parents or [], add_help=add_help)
+    parser = argparse.ArgumentParser(description=description, parents=parents or [], add_help=add_help, epilog=epilog)
     parser.add_argument(
         "--ngpus", "--gpus", "--gpus-per-node", default=8, type=int, help="GPUs (and processes) per node"
     )
@@ -223,10 +227,14 @@ def get_args_parser(
     return parser
 
 
+class SubmissionError(InputError, ValueError):
+    """A submission option that cannot be used (the message names the option and value)."""
+
+
 def _check_no_control_chars(name: str, value: Optional[str]) -> None:
     # Values end up in '#SBATCH --key=value' lines: a newline would start a new line of the script.
     if value and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{name}={value!r} contains a control character (newline, tab, ...); expected plain text")
+        raise SubmissionError(f"{name}={value!r} contains a control character (newline, tab, ...); expected plain text")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -237,23 +245,23 @@ def check_args(args: argparse.Namespace) -> None:
             from the task's parser.
 
     Raises:
-        ValueError: a missing output folder, a count below 1, several nodes with --local, or a value
+        SubmissionError: (a ValueError) a missing output folder, a count below 1, several nodes with --local, or a value
             that cannot be written safely into the SLURM script.
         FileNotFoundError: ``config_file`` is given but is not a file.
     """
     output_dir = getattr(args, "output_dir", None)
     if not output_dir:
         example = get_user_checkpoint_path() / "experiments" / "<run name>"
-        raise ValueError(f"--output-dir is required (for example {example})")
+        raise SubmissionError(f"--output-dir is required (for example {example})")
     # SLURM and submitit expand '%' patterns in log paths, so a literal '%' would misplace the logs.
     if "%" in output_dir:
-        raise ValueError(f"--output-dir {output_dir!r} contains '%'; expected a plain folder path")
+        raise SubmissionError(f"--output-dir {output_dir!r} contains '%'; expected a plain folder path")
     for name in ("ngpus", "nodes", "timeout"):
         value = getattr(args, name)
         if value < 1:
-            raise ValueError(f"--{name} must be at least 1, got {value}")
+            raise SubmissionError(f"--{name} must be at least 1, got {value}")
     if args.local and args.nodes > 1:
-        raise ValueError(f"--local runs on this machine only; got --nodes {args.nodes}, expected 1")
+        raise SubmissionError(f"--local runs on this machine only; got --nodes {args.nodes}, expected 1")
     _check_no_control_chars("--output-dir", output_dir)
     _check_no_control_chars("--partition", args.partition)
     _check_no_control_chars("--comment", args.comment)

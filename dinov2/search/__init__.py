@@ -4,9 +4,9 @@
 - ``kernels``: the numba kernels of the index;
 - ``archive``: an image folder encoded by a teacher into an index directory (resumable build, search);
 - ``service``: the HTTP service and web page over an index directory;
+- ``options``: the command-line options (importable without torch);
 - ``cli``: the ``build`` / ``search`` / ``serve`` command line (``python -m dinov2.search``).
+
+The package imports none of them on its own, so that the options load without torch.
 """
 
-from .index import BinaryIndex, IndexFormatError
-
-__all__ = ["BinaryIndex", "IndexFormatError"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from dinov2.search.cli import main
+from dinov2.search.options import main
 
 sys.exit(main())

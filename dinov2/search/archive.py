@@ -32,6 +32,7 @@ from dinov2.eval.encode import extract_codes
 from dinov2.eval.hashing import binarize, pack_codes_padded
 from dinov2.models import NETWORK_CONFIG_SECTIONS, load_hashing_network
 from dinov2.search.index import BinaryIndex, IndexFormatError
+from dinov2.utils.errors import InputError
 
 FORMAT_NAME = "sdsh-archive-index"
 FORMAT_VERSION = 1
@@ -40,10 +41,9 @@ CHUNKS_DIR = "chunks"
 INDEX_FILE = "index.sdshbix"
 FILES_FILE = "files.jsonl"
 META_FILE = "meta.json"
-DEFAULT_CHUNK_SIZE = 1024
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(InputError, RuntimeError):
     """An index directory or an image set that cannot be used (the message names the file or option)."""
 
 

@@ -4,28 +4,26 @@ Run as ``python -m dinov2.search <command> ...``; the layout of the index direct
 ``dinov2.search.archive``, the HTTP service in ``dinov2.search.service``.
 """
 
-import argparse
 import json
 import logging
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Optional, TextIO
 
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Subset
 
 from dinov2 import distributed
-from dinov2.checkpoint import CheckpointError, atomic_write_text, weights_identity
+from dinov2.checkpoint import atomic_write_text, weights_identity
 from dinov2.data import ImageLoadError, make_classification_eval_transform
-from dinov2.data.datasets import SOURCES, load_image_rgb
+from dinov2.data.datasets import load_image_rgb
 from dinov2.distributed.devices import select_device
 from dinov2.logging import setup_logging
 from dinov2.models import load_hashing_network
 from dinov2.search.archive import (
     CHUNKS_DIR,
-    DEFAULT_CHUNK_SIZE,
     FILES_FILE,
     FINGERPRINT_FILE,
     INDEX_FILE,
@@ -42,99 +40,11 @@ from dinov2.search.archive import (
     open_images,
     write_chunk,
 )
-from dinov2.utils.config import ConfigError, merge_config
+from dinov2.search.options import get_args_parser, main  # noqa: F401  (the command line, callable from here)
+from dinov2.utils.config import command_line_opts, merge_config
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
-
-DEFAULT_K = 10
-DEFAULT_MAX_UPLOAD_MB = 16.0
-
-_EXAMPLES = """examples:
-  # encode every image of a class-folder tree with a trained teacher (resumable: run it again after a stop)
-  python -m dinov2.search build --config-file configs/aid_64bit.yaml \\
-      --weights runs/aid64/eval/best/teacher_checkpoint.pth --images /data/AID --output-dir indexes/aid
-
-  # an image list (CSV "path,label1;label2", paths relative to the list) or an unlabeled folder tree
-  python -m dinov2.search build --weights teacher_checkpoint.pth --images /data/tiles.csv --output-dir indexes/tiles
-
-  # the same on 4 GPUs: each process encodes its own chunks, the first merges them
-  torchrun --nproc_per_node 4 -m dinov2.search build --config-file configs/aid_64bit.yaml \\
-      --weights teacher_checkpoint.pth --images /data/AID --output-dir indexes/aid
-
-  # the 10 nearest indexed images of one image (with the weights recorded in the index)
-  python -m dinov2.search search --index indexes/aid --image query.jpg -k 10
-
-  # a web page and a JSON API on http://127.0.0.1:8000/
-  python -m dinov2.search serve --index indexes/aid --port 8000
-
-Exit status: 0 on success, 2 on bad input (the message names the file, option or key).
-"""
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """Options of ``build``, ``search`` and ``serve``."""
-    parser = argparse.ArgumentParser(
-        "python -m dinov2.search",
-        description="Index an image archive with an SDSH teacher and search it by image (exact Hamming k-NN).",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", metavar="{build,search,serve}", required=True)
-    formatter = argparse.RawDescriptionHelpFormatter
-
-    build = commands.add_parser(
-        "build", help="encode an image folder into an index directory", epilog=_EXAMPLES, formatter_class=formatter
-    )
-    build.add_argument("--weights", required=True, metavar="CKPT", help="teacher checkpoint that encodes the images")
-    build.add_argument(
-        "--images",
-        required=True,
-        metavar="PATH",
-        help="the images: a folder of class folders, an image list file (CSV path,labels) or any folder tree",
-    )
-    build.add_argument(
-        "--source",
-        choices=SOURCES,
-        default="auto",
-        help="how to read --images (default auto: a file is an image list, a folder of image folders is "
-        "class folders, any other folder an unlabeled tree)",
-    )
-    build.add_argument("--output-dir", required=True, metavar="DIR", help="the index directory to write")
-    build.add_argument("--config-file", default="", metavar="FILE", help="YAML overrides of the default config")
-    build.add_argument("--batch-size", type=int, default=None, metavar="B", help="images per forward pass")
-    build.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None, help="where the network runs")
-    build.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N", help="images per resumable chunk"
-    )
-    build.add_argument(
-        "--overwrite", action="store_true", help="replace an index built with other weights, config or images"
-    )
-    build.add_argument("opts", nargs=argparse.REMAINDER, default=None, help="config overrides as key=value")
-
-    search = commands.add_parser(
-        "search", help="print the nearest indexed images of one image", epilog=_EXAMPLES, formatter_class=formatter
-    )
-    search.add_argument("--index", required=True, metavar="DIR", help="an index directory written by build")
-    search.add_argument("--image", required=True, metavar="FILE", help="the query image")
-    search.add_argument("-k", type=int, default=DEFAULT_K, metavar="N", help=f"how many results (default {DEFAULT_K})")
-    search.add_argument("--weights", default=None, metavar="CKPT", help="teacher checkpoint (default: meta.json's)")
-    search.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="where the network runs")
-    search.add_argument("--json", action="store_true", help="print the results as one JSON object")
-
-    serve = commands.add_parser(
-        "serve", help="a web page and JSON API to search the index", epilog=_EXAMPLES, formatter_class=formatter
-    )
-    serve.add_argument("--index", required=True, metavar="DIR", help="an index directory written by build")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=8000, metavar="N", help="port (0: a free one, printed)")
-    serve.add_argument("--weights", default=None, metavar="CKPT", help="teacher checkpoint (default: meta.json's)")
-    serve.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="where the network runs")
-    serve.add_argument(
-        "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB", help="largest accepted upload"
-    )
-    return parser
-
 
 # ---------------------------------------------------------------------------------------------------
 # build
@@ -175,15 +85,9 @@ def run_build(args) -> Optional[Dict[str, Any]]:
     Returns:
         The meta.json fields on rank 0, None on the other ranks.
     """
-    if args.chunk_size < 1:
-        raise ArchiveError(f"--chunk-size={args.chunk_size} must be a positive number of images")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ArchiveError(f"--batch-size={args.batch_size} must be a positive number of images")
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"weights file not found: {args.weights}")
-    cfg = merge_config(args.config_file, list(args.opts or []))
-    if args.device:
-        cfg.train.device = args.device
+    cfg = merge_config(args.config_file, command_line_opts(args))
     check_run_inputs(cfg, weights=args.weights, need_data=False, need_pretrained=False)
     device = select_device(cfg)
     transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
@@ -270,8 +174,6 @@ def print_results(query: str, searcher: ArchiveSearcher, rows: List[Dict[str, An
 
 def run_search(args, out: Optional[TextIO] = None) -> List[Dict[str, Any]]:
     """Print the ``-k`` nearest indexed images of ``--image`` (a table, or JSON with ``--json``)."""
-    if args.k < 1:
-        raise ArchiveError(f"-k={args.k} must be a positive number of results")
     if not os.path.isfile(args.image):
         raise FileNotFoundError(f"query image not found: {args.image}")
     searcher = ArchiveSearcher(args.index, args.weights, args.device)
@@ -290,51 +192,25 @@ def run_search(args, out: Optional[TextIO] = None) -> List[Dict[str, Any]]:
 
 
 def run_serve(args) -> None:
-    from dinov2.search.service import serve
-
     if args.max_upload_mb <= 0:
         raise ArchiveError(f"--max-upload-mb={args.max_upload_mb} must be positive")
+    try:
+        # The service is an optional extra (FastAPI and uvicorn): build and search work without it.
+        from dinov2.search.service import serve
+    except ImportError as exc:
+        raise ArchiveError(f"serve needs the service extra ({exc.name} is missing): pip install 'sdsh[service]'") from None
     searcher = ArchiveSearcher(args.index, args.weights, args.device)
     serve(searcher, args.host, args.port, int(args.max_upload_mb * 1024 * 1024))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command.
-
-    Args:
-        argv: command-line arguments (``sys.argv[1:]`` when None).
-    Returns:
-        The exit status: 0 on success, 2 on bad input (message on stderr, prefixed ``error:``).
-    """
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help, or a usage error already printed by argparse
-        return int(exit_.code or 0)
-    started_distributed = False
-    try:
-        setup_logging(level=logging.INFO if args.command != "search" else logging.WARNING)
-        if args.command == "build":
-            if not distributed.is_enabled():
-                distributed.enable(overwrite=True)
-                started_distributed = distributed.is_enabled()
-            run_build(args)
-        elif distributed.get_global_size() > 1:
-            raise ArchiveError(f"{args.command} runs in a single process; launch it without torchrun")
-        elif args.command == "search":
-            run_search(args)
-        else:
-            run_serve(args)
-    except (
-        ArchiveError,
-                ConfigError,
-        CheckpointError,
-        ImageLoadError,
-        FileNotFoundError,
-    ) as error:
-        # Expected failures (bad options, config, checkpoint, images or index) get their message, not a traceback.
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if started_distributed:
-            torch.distributed.destroy_process_group()
-    return 0
+def run(args) -> None:
+    """Run the ``build``, ``search`` or ``serve`` command of the parsed options of ``get_args_parser``."""
+    setup_logging(level=logging.INFO if args.command != "search" else logging.WARNING)
+    if args.command == "build":
+        run_build(args)
+    elif distributed.get_global_size() > 1:
+        raise ArchiveError(f"{args.command} runs in a single process; launch it without torchrun")
+    elif args.command == "search":
+        run_search(args)
+    else:
+        run_serve(args)

@@ -49,6 +49,7 @@ import numpy as np
 
 from dinov2.checkpoint import atomic_path
 from dinov2.search import kernels as index_kernels
+from dinov2.utils.errors import InputError
 
 MAGIC = b"SDSHBIX\0"
 FORMAT_VERSION = 1
@@ -67,7 +68,7 @@ _CRC_CHUNK = 64 << 20
 assert _HEADER.size == HEADER_SIZE
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(InputError, ValueError):
     """An index file that cannot be read: wrong magic or version, truncated, or corrupt."""
 
 

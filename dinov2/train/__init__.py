@@ -1,3 +1,4 @@
-from .ssl_meta_arch import NonFiniteLossError, SSLMetaArch
+"""Training: the SSL meta-architecture, the loop and its evaluation (see ARCHITECTURE.md).
 
-__all__ = ["NonFiniteLossError", "SSLMetaArch"]
+The package imports nothing on its own, so that the entry point's options load without torch.
+"""

@@ -19,12 +19,9 @@ from dinov2.eval.metrics import selection_value
 from dinov2.eval.plots import draw_training_curves
 from dinov2.models import build_hashing_network
 from dinov2.train.evaluator import RetrievalEvaluator, teacher_encoder
+from dinov2.train.monitor import UNIFORM_DINO_TARGETS
 
 logger = logging.getLogger("dinov2")
-
-# Normalised entropy of the DINO teacher targets (dinov2.loss.normalized_entropy, mean over the last
-# iterations) at or above which they count as uniform: the DINO term then gives the codes no signal.
-UNIFORM_DINO_TARGETS = 0.99
 
 
 class Evaluation(NamedTuple):

@@ -12,6 +12,7 @@ import math
 from typing import Dict, NamedTuple, Optional
 
 import torch
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
 from dinov2 import distributed
 from dinov2.distributed.devices import average_gradients, broadcast_model, use_fsdp
@@ -79,8 +80,6 @@ class TrainingSetup:
                 broadcast_model(model)
             model.prepare_for_distributed_training()
             if use_scaler:
-                from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
                 self.scaler = ShardedGradScaler(device.type)
         else:
             if distributed.is_enabled():

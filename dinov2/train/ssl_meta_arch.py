@@ -26,6 +26,7 @@ from dinov2.loss import (
 )
 from dinov2.models import build_model_from_cfg
 from dinov2.models.hashing_network import build_hash_head
+from dinov2.models.vision_transformer import BlockChunk
 from dinov2.utils.config import ConfigError
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
 
@@ -322,8 +323,6 @@ class SSLMetaArch(nn.Module):
                 )
         logger.info("wrapping student and teacher sub-modules in FSDP")
         block_classes = set()
-        from dinov2.models.vision_transformer import BlockChunk
-
         if self.cfg.student.block_chunks > 0:
             block_classes.add(BlockChunk)
         # FSDP units live on the modules' device (a GPU in training; the CPU in the gloo tests).

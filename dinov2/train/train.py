@@ -24,48 +24,44 @@ each backward pass (the weights are broadcast from rank 0 first), which keeps th
 the EMA teachers, identical.
 """
 
-import argparse
+import sys
+
+if __name__ == "__main__":
+    # Run as a script: the options are parsed (and --help answered) before torch is imported, then the
+    # package module's main runs, so that its classes are those the SLURM launcher pickles.
+    from dinov2.train.options import get_args_parser
+    from dinov2.utils.cli import run_cli
+
+    sys.exit(run_cli(get_args_parser(), "dinov2.train.train:main", distributed=True, log_errors=True))
+
 import logging
 import math
 import os
-import sys
 from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
-from dinov2.checkpoint import AtomicPeriodicCheckpointer, CheckpointError, FSDPCheckpointer, save_teacher_checkpoint
-from dinov2.data import ImageLoadError
+from dinov2.checkpoint import AtomicPeriodicCheckpointer, FSDPCheckpointer, save_teacher_checkpoint
 from dinov2.data.builders import build_train_loader, is_labeled, resolve_data_root
 from dinov2.distributed.devices import select_device, use_fsdp
 from dinov2.logging import MetricLogger, SmoothedValue, drop_records_from, setup_logging
 from dinov2.train.evaluator import RetrievalEvaluator
+from dinov2.train.monitor import TrainingMonitor
 from dinov2.train.optim import apply_optim_scheduler, build_optimizer, build_schedulers
-from dinov2.train.selection import UNIFORM_DINO_TARGETS, do_eval_only, evaluate_and_keep_best, finish
+from dinov2.train.options import get_args_parser  # noqa: F401  (the options, importable from here)
+from dinov2.train.resume import check_resume_config, has_resume_state
+from dinov2.train.selection import do_eval_only, evaluate_and_keep_best, finish
 from dinov2.train.setup import NonFiniteGradientError, TrainingSetup
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
-from dinov2.utils.config import ConfigError, check_resume_config, get_cfg_from_args, has_resume_state, setup
+from dinov2.utils.config import ConfigError, get_cfg_from_args, setup
+from dinov2.utils.errors import TrainingStopped
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
 
-_EXAMPLES = """examples:
-  # the demo: a generated dataset and a tiny ViT trained from scratch on the CPU (a few minutes)
-  python dinov2/train/train.py --config-file configs/demo.yaml --output-dir outputs/demo
-
-  # AID, 64 bits, from the public DINOv2 ViT-S/14 weights, on 8 GPUs
-  torchrun --nproc_per_node 8 dinov2/train/train.py --config-file configs/aid_64bit.yaml \\
-      --output-dir runs/aid64 train.data_path=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
-
-  # evaluate the teacher of the last checkpoint of a run (or any checkpoint with MODEL.WEIGHTS=...)
-  python dinov2/train/train.py --config-file configs/aid_64bit.yaml --output-dir runs/aid64 --eval-only
-
-Every key=value option must name a key of dinov2/configs/ssl_default_config.yaml.
-"""
-
-
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(TrainingStopped, RuntimeError):
     """Training stopped because a loss term (or a gradient) became NaN or infinite; nothing of this state was saved.
 
     Attributes:
@@ -83,51 +79,8 @@ class NonFiniteTrainingError(RuntimeError):
         self.iteration = iteration
 
 
-class CodeCollapseError(RuntimeError):
+class CodeCollapseError(TrainingStopped, RuntimeError):
     """Training stopped by ``train.stop_on_collapse``; the summary and the checkpoints are written."""
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Command-line options of the training entry point.
-
-    Args:
-        add_help: add ``-h/--help`` (False when used as a parent parser, e.g. by the SLURM launcher).
-    Returns:
-        The parser: --config-file, --output-dir, --no-resume, --eval-only and ``key=value`` options.
-    """
-    parser = argparse.ArgumentParser(
-        "SDSH training",
-        description="Train SDSH (self-distilled self-supervised hashing) with the DINOv2 trainer, evaluating "
-        "the teacher's binary codes by Hamming-ranking retrieval mAP.",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=add_help,
-    )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML overrides of the default config")
-    parser.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="start from the initial weights instead of the last checkpoint in --output-dir",
-    )
-    parser.add_argument(
-        "--eval-only",
-        action="store_true",
-        help="only evaluate: the teacher of the last checkpoint in --output-dir, or MODEL.WEIGHTS when set",
-    )
-    parser.add_argument(
-        "--output-dir",
-        "--output_dir",
-        default="",
-        type=str,
-        help="directory of the config, logs, checkpoints and evaluation results",
-    )
-    parser.add_argument(
-        "opts",
-        help="config overrides as key=value (e.g. hash.hash_bit=32 train.batch_size_per_gpu=32)",
-        default=None,
-        nargs=argparse.REMAINDER,
-    )
-    return parser
 
 
 def _reduce_losses(loss_dict: Dict[str, torch.Tensor]) -> Dict[str, float]:
@@ -159,9 +112,14 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
     checkpointer = FSDPCheckpointer(model, output_dir, **checkpointables)
     state = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     start_iter = state.get("iteration", -1) + 1
-    best = {"mAP": float(state.get("best_mAP", -1.0)), "iteration": int(state.get("best_iteration", -1))}
-    # Checkpoints written before selection knew the chance level: their best counts as above it.
-    best["above_chance"] = bool(state.get("best_above_chance", best["iteration"] >= 0))
+    monitor = TrainingMonitor(
+        cfg.train.stop_on_collapse,
+        cfg.train.stop_on_collapse_evals,
+        cfg.hash.loss_contrastive,
+        evaluator.metrics_file if evaluator is not None else "",
+    )
+    monitor.restore(state)
+    best = monitor.best
     if start_iter > 0:
         logger.info(f"resumed at iteration {start_iter}; best mAP so far {best['mAP']:.4f} (iteration {best['iteration']})")
         if distributed.is_main_process():
@@ -180,63 +138,30 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
         metric_logger.add_meter(name, SmoothedValue(window_size=1, fmt="{value:.4g}"))
     eval_period = cfg.evaluation.eval_period_iterations
     clip = cfg.optim.clip_grad
-    last_eval = None
-    last_eval_iteration = -1
     iteration = start_iter
-    collapses = []  # {"iteration", "collapse"} of this run's evaluations (rank 0)
-    collapsed_in_a_row = 0
-    stopped = ""
-    dino_checks = []  # {"iteration", "entropy"} of the DINO targets at each evaluation
-
-    def check_dino_targets(it: int) -> None:
-        # The mean over the meter's window (the last 20 iterations), the same on every rank.
-        meter = metric_logger.meters.get("dino_target_entropy")
-        if meter is None or not meter.deque:
-            return
-        entropy = meter.avg
-        dino_checks.append({"iteration": it, "entropy": entropy})
-        if entropy >= UNIFORM_DINO_TARGETS:
-            logger.warning(
-                f"iteration {it}: DINO TARGETS UNIFORM: the teacher's DINO targets have {entropy:.4f} of the "
-                f"maximum entropy (mean of the last {len(meter.deque)} iterations), so the DINO term gives the "
-                "codes no signal and what they learn comes from the other loss terms. This happens when the teacher "
-                "maps every image to nearly one point (e.g. low-contrast images, trained from scratch); "
-                f"hash.loss_contrastive (now {cfg.hash.loss_contrastive}) ties the two views' codes without it"
-            )
 
     def evaluate(it: int) -> None:
-        nonlocal last_eval, last_eval_iteration, collapsed_in_a_row, stopped
-        check_dino_targets(it)
+        # The mean over the meter's window (the last 20 iterations), the same on every rank.
+        meter = metric_logger.meters.get("dino_target_entropy")
+        if meter is not None and meter.deque:
+            monitor.check_dino_targets(it, meter.avg, len(meter.deque))
         if evaluator is None:
             # Unlabeled images: no retrieval metrics, but the teacher is kept for indexing.
             last = os.path.join(output_dir, "eval", "last", "teacher_checkpoint.pth")
             save_teacher_checkpoint(model, cfg, last, float("nan"), it)
-            last_eval_iteration = it
+            monitor.record_teacher_only(it)
             return
         result = evaluate_and_keep_best(cfg, model, setup_, evaluator, it, best)
-        last_eval, last_eval_iteration = result.line, it
-        if result.line is not None:
-            collapses.append({"iteration": it, "collapse": result.line["collapse"]})
-        collapsed_in_a_row = collapsed_in_a_row + 1 if result.full_collapse else 0
-        if cfg.train.stop_on_collapse and collapsed_in_a_row >= cfg.train.stop_on_collapse_evals:
-            stopped = (
-                f"train.stop_on_collapse: the teacher's database codes collapsed at {collapsed_in_a_row} evaluations in "
-                f"a row (last at iteration {it}, see {evaluator.metrics_file}); the run stops here. "
-                "Change the recipe (e.g. optim.base_lr, teacher temperatures, hash.loss_hash_reg, hash.loss_contrastive) "
-                "and start again"
-            )
-            logger.error(stopped)
+        monitor.record_evaluation(it, result.line, result.full_collapse)
 
     def checkpoint(it: int) -> None:
         # After log_every has written iteration it's record: a kill after this checkpoint keeps that record.
-        periodic_checkpointer.step(
-            it, best_mAP=best["mAP"], best_iteration=best["iteration"], best_above_chance=best["above_chance"]
-        )
+        periodic_checkpointer.step(it, **monitor.checkpoint_state())
 
     logger.info(f"starting training at iteration {start_iter} of {max_iter}")
     steps = metric_logger.log_every(data_loader, cfg.train.log_period, "Training", max_iter, start_iter, checkpoint)
     for data in steps:
-        if stopped:
+        if monitor.stopped:
             # Here, not right after the evaluation: log_every writes the previous iteration's record first.
             break
         lr = schedules["lr"][iteration]
@@ -284,21 +209,14 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
             evaluate(iteration)
         iteration += 1
 
-    trained = iteration > start_iter
-    if trained and last_eval_iteration != iteration - 1:
+    if monitor.needs_final_evaluation(iteration, trained=iteration > start_iter):
         evaluate(iteration - 1)
     metric_logger.synchronize_between_processes()
     return {
         "start_iteration": start_iter,
         "last_iteration": iteration - 1,
         "max_iter": max_iter,
-        "best_mAP": best["mAP"],
-        "best_iteration": best["iteration"],
-        "best_above_chance": best["above_chance"],
-        "last_eval": last_eval,
-        "collapse": collapses,
-        "dino_targets": dino_checks,
-        "stopped": stopped,
+        **monitor.summary(),
         "last_checkpoint": _last_checkpoint(checkpointer),
     }
 
@@ -318,17 +236,19 @@ def main(args) -> Dict[str, Any]:
     if not args.output_dir:
         raise ConfigError("--output-dir is required")
     if not distributed.is_enabled():
+        # Called from Python in a launched process (tests, the SLURM task): join its process group.
         distributed.enable(overwrite=True)
     output_dir = os.path.abspath(args.output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    setup_logging(output=output_dir, level=logging.INFO)
+    setup_logging(level=logging.INFO)  # the console only until the inputs are checked
 
     preview = get_cfg_from_args(args)
-    # Before anything is written: the config's values and every file it names.
+    # Before anything is written, log.txt included: the config's values and every file it names.
     check_run_inputs(preview, need_pretrained=not (args.eval_only and preview.MODEL.WEIGHTS))
     if not args.no_resume or args.eval_only:
         check_resume_config(preview, output_dir)
-    elif has_resume_state(output_dir):
+    os.makedirs(output_dir, exist_ok=True)
+    setup_logging(output=output_dir, level=logging.INFO)
+    if args.no_resume and not args.eval_only and has_resume_state(output_dir):
         logger.warning(f"--no-resume: the checkpoints in {output_dir} are ignored and will be overwritten as training goes")
     if distributed.is_enabled():
         # Nobody rewrites config.yaml before every rank has compared it.
@@ -366,13 +286,3 @@ def main(args) -> Dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
-    try:
-        main(get_args_parser(add_help=True).parse_args())
-    except (
-        ConfigError, CheckpointError, ImageLoadError, FileNotFoundError, NonFiniteTrainingError, CodeCollapseError
-    ) as error:
-        # Expected failures (bad config, data or checkpoint, diverged loss) get their message, not a traceback.
-        logger.error(str(error))
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import random
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -20,11 +20,12 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from dinov2.checkpoint import atomic_write_text
 from dinov2.configs import dinov2_default_config
 from dinov2.layers.hash_head import POOLINGS
+from dinov2.utils.errors import InputError
 
 logger = logging.getLogger("dinov2")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A configuration value or key that cannot be used, with the offending source named."""
 
 
@@ -410,12 +411,20 @@ def fix_random_seeds(seed: int = 31) -> None:
     torch.manual_seed(seed)
 
 
+def command_line_opts(args) -> List[str]:
+    """The ``key=value`` overrides of parsed arguments: ``opts`` (less ``train.output_dir``, which
+    ``--output-dir`` sets), then ``train.device`` from ``--device`` when given."""
+    opts = [o for o in (getattr(args, "opts", None) or []) if not o.startswith("train.output_dir=")]
+    if getattr(args, "device", None):
+        # --device of the entry points (dinov2.utils.cli.config_options), validated like any train.device.
+        opts.append(f"train.device={args.device}")
+    return opts
+
+
 def get_cfg_from_args(args) -> DictConfig:
-    """Merged configuration for parsed arguments with ``config_file``, ``opts`` and ``output_dir``."""
+    """Merged configuration for parsed arguments with ``config_file``, ``opts``, ``output_dir`` (and ``device``)."""
     args.output_dir = os.path.abspath(args.output_dir)
-    opts = list(getattr(args, "opts", None) or [])
-    opts = [o for o in opts if not o.startswith("train.output_dir=")]
-    cfg = merge_config(args.config_file, opts)
+    cfg = merge_config(args.config_file, command_line_opts(args))
     cfg.train.output_dir = args.output_dir
     return cfg
 
@@ -439,60 +448,3 @@ def setup(args, world_size: Optional[int] = None, rank: int = 0) -> DictConfig:
     if rank == 0:
         write_config(cfg, args.output_dir)
     return cfg
-
-
-# ---------------------------------------------------------------------------------------------------
-# Resuming: the checkpoints of an output directory belong to the config that wrote them
-# ---------------------------------------------------------------------------------------------------
-
-# Config sections whose values shape the model: a checkpoint is only resumed under the same values.
-MODEL_CONFIG_PREFIXES = ("student.", "hash.", "crops.", "dino.head_", "ibot.head_")
-
-
-# Keys of those sections that do not change a resumed model (the pretrained weights only initialise it).
-MODEL_CONFIG_EXEMPT = ("student.pretrained_weights",)
-
-
-def _flatten(cfg_dict: Dict, prefix: str = "") -> Dict[str, Any]:
-    flat = {}
-    for key, value in cfg_dict.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def model_config_differences(old_cfg, new_cfg) -> List[str]:
-    """Model-shaping keys (``MODEL_CONFIG_PREFIXES``) whose values differ, as ``key: old -> new``."""
-    old = _flatten(OmegaConf.to_container(old_cfg, resolve=True))
-    new = _flatten(OmegaConf.to_container(new_cfg, resolve=True))
-    keys = sorted(k for k in set(old) | set(new) if k.startswith(MODEL_CONFIG_PREFIXES) and k not in MODEL_CONFIG_EXEMPT)
-    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
-
-
-def has_resume_state(output_dir: str) -> bool:
-    """Whether ``output_dir`` holds a ``last_checkpoint`` tag (of plain or sharded checkpoints)."""
-    return any(name.startswith("last_checkpoint") for name in os.listdir(output_dir)) if os.path.isdir(output_dir) else False
-
-
-def check_resume_config(new_cfg, output_dir: str) -> None:
-    """Refuse to resume the checkpoints of ``output_dir`` under a config that changes the model.
-
-    Raises:
-        ConfigError: naming the differing keys, when ``<output_dir>/config.yaml`` and a checkpoint exist.
-    """
-    saved = os.path.join(output_dir, "config.yaml")
-    if not (os.path.isfile(saved) and has_resume_state(output_dir)):
-        return
-    try:
-        old_cfg = OmegaConf.load(saved)
-    except Exception as exc:
-        raise ConfigError(f"cannot read {saved}, the config of the checkpoints in {output_dir}: {exc}") from exc
-    differences = model_config_differences(old_cfg, new_cfg)
-    if differences:
-        raise ConfigError(
-            f"the checkpoints in {output_dir} were trained with {saved}, which differs in keys that change the model: "
-            + "; ".join(differences)
-            + ". Resuming would load a checkpoint from another config: use another --output-dir, or keep these values"
-        )

@@ -62,7 +62,7 @@ def test_command_line_errors_exit_with_the_cause_named(tmp_path):
             [PYTHON, TRAIN_SCRIPT, "--output-dir", str(tmp_path / "out"), *opts],
             env=env, capture_output=True, text=True, timeout=120,
         )
-        assert result.returncode == 1, result.stderr[-2000:]
+        assert result.returncode == 2, result.stderr[-2000:]
         assert named in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 

@@ -11,13 +11,15 @@ from typing import BinaryIO, Optional, Union
 import numpy as np
 from PIL import Image
 
+from dinov2.utils.errors import InputError
+
 PathLike = Union[str, os.PathLike]
 
 _UINT16_MAX = 65535
 _UINT8_MAX = 255
 
 
-class ImageLoadError(RuntimeError):
+class ImageLoadError(InputError, RuntimeError):
     """An image file that cannot be read or decoded completely.
 
     It takes a single message argument so that PyTorch can rebuild it in the main process when a

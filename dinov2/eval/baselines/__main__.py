@@ -2,6 +2,6 @@
 
 import sys
 
-from dinov2.eval.baselines.tool import main
+from dinov2.eval.baselines.options import main
 
 sys.exit(main())

@@ -25,15 +25,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from dinov2.eval.baselines.options import METHODS
+from dinov2.utils.errors import InputError
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-METHODS = ("lsh", "pcah", "itq", "sh")
 ITQ_ITERATIONS = 50
 
 __all__ = ["METHODS", "BaselineError", "HashingBaseline", "fit_baseline"]
 
 
-class BaselineError(ValueError):
+class BaselineError(InputError, ValueError):
     """Features, bit length or method name a baseline cannot be fitted with (or encode with)."""
 
 

@@ -5,7 +5,6 @@ Run ``python -m dinov2.eval.baselines --help`` for the options; the methods and 
 importable from here as from ``dinov2.eval.baselines.methods``.
 """
 
-import argparse
 import json
 import logging
 import os
@@ -18,8 +17,8 @@ import torch
 from omegaconf import OmegaConf
 from torchvision import transforms
 
-from dinov2.checkpoint import CheckpointError, CheckpointFormatError, atomic_write_text
-from dinov2.data import ImageLoadError, make_classification_eval_transform
+from dinov2.checkpoint import atomic_write_text
+from dinov2.data import make_classification_eval_transform
 from dinov2.data.builders import make_eval_dataset, resolve_data_root
 from dinov2.distributed.devices import select_device
 from dinov2.eval.baselines.methods import (  # noqa: F401  (the methods, importable from the tool's module)
@@ -34,93 +33,20 @@ from dinov2.eval.baselines.methods import (  # noqa: F401  (the methods, importa
     itq_rotation,
     spectral_modes,
 )
+from dinov2.eval.baselines.options import (  # noqa: F401  (the command line, callable from here)
+    DEFAULT_PIXEL_SIZE,
+    FEATURE_KINDS,
+    get_args_parser,
+    main,
+)
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.metrics import retrieval_metrics
 from dinov2.logging import setup_logging
 from dinov2.models import load_hashing_network
-from dinov2.utils.config import ConfigError, get_cfg_from_args
+from dinov2.utils.config import get_cfg_from_args
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
-
-FEATURE_KINDS = ("pixels", "backbone")
-DEFAULT_PIXEL_SIZE = 16
-
-_EXAMPLES = """examples:
-  # LSH, PCAH, ITQ and SH on 16x16 pixels of the demo data (the split of configs/demo.yaml)
-  python -m dinov2.eval.baselines --config-file configs/demo.yaml --output-dir outputs/demo_baselines --bits 16,32,64
-
-  # "DINOv2 + ITQ": the CLS token of the public DINOv2 ViT-S/14 on AID, and pixels, at the paper's lengths
-  python -m dinov2.eval.baselines --config-file configs/aid_64bit.yaml --output-dir runs/aid_baselines \\
-      --bits 16,32,48,64 --weights /w/dinov2_vits14_pretrain.pth train.data_path=/data/AID
-
-  # the frozen backbone of a trained SDSH teacher
-  python -m dinov2.eval.baselines --config-file configs/demo.yaml --output-dir outputs/demo_baselines \\
-      --features backbone --weights outputs/demo/eval/best/teacher_checkpoint.pth
-
-Features (computed for the database = train split and the queries = query split of the config):
-  pixels    the evaluation resize and centre crop of crops.global_crops_size (e.g. 256 bicubic -> 224),
-            then an antialiased bilinear resize to --pixel-size x --pixel-size, RGB in [0, 1], flattened
-            (16 x 16 x 3 = 768 values; no mean/std normalisation: every method centres the features)
-  backbone  the normalised CLS token (x_norm_clstoken) of the frozen backbone of --weights (a DINOv2
-            backbone such as dinov2_vits14_pretrain.pth, or an SDSH teacher/training checkpoint), on the
-            evaluation transform (resize, centre crop, ImageNet mean/std), as the teacher is evaluated
-Each method is fitted on the database features only, then encodes database and queries; mAP@all ranks by
-Hamming distance with ties broken by database index (the training-time evaluation's metric).
-Writes to --output-dir: baselines.json (one row per features x method x bits), baselines_config.yaml,
-split_manifest.csv and baselines_log.txt. Every key=value option must name a key of
-dinov2/configs/ssl_default_config.yaml. Exit status: 0 on success, 2 on bad input (the message names
-the file, key or value).
-"""
-
-
-def get_args_parser(add_help: bool = True):
-    """Command-line options of the baselines tool."""
-
-    parser = argparse.ArgumentParser(
-        "SDSH hashing baselines",
-        description="Fit LSH, PCAH, ITQ and Spectral Hashing on database features (small image pixels and/or "
-        "a frozen backbone's CLS token) and score Hamming-ranking retrieval on the split of the training-time "
-        "evaluation.",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=add_help,
-    )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML overrides of the default config")
-    parser.add_argument(
-        "--output-dir", "--output_dir", default="", metavar="DIR", help="where results are written (required)"
-    )
-    parser.add_argument("--bits", default="16,32,48,64", metavar="K,K,..", help="code lengths (default 16,32,48,64)")
-    parser.add_argument(
-        "--features",
-        choices=("pixels", "backbone", "both"),
-        default=None,
-        help="features to hash (default: pixels, plus backbone when --weights is given)",
-    )
-    parser.add_argument(
-        "--weights", default="", metavar="CKPT", help="backbone weights: DINOv2 weights or an SDSH checkpoint"
-    )
-    parser.add_argument(
-        "--methods", default=",".join(METHODS), metavar="M,M,..", help=f"methods (default {','.join(METHODS)})"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of LSH's projections and ITQ's rotation (default 0)")
-    parser.add_argument(
-        "--pixel-size", type=int, default=DEFAULT_PIXEL_SIZE, metavar="P", help="side of the pixel features (16)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=None, metavar="B", help="images per forward pass (evaluation.batch_size)"
-    )
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default=None, help="where the backbone runs (train.device)"
-    )
-    parser.add_argument(
-        "opts",
-        help="config overrides as key=value (e.g. train.data_path=/data/AID)",
-        default=None,
-        nargs=argparse.REMAINDER,
-    )
-    return parser
-
 
 def _parse_list(text: str, option: str, allowed: Optional[Sequence[str]] = None) -> List[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
@@ -273,73 +199,47 @@ def format_table(rows: Sequence[Dict[str, Any]], value: str = "mAP") -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the baselines tool; returns the exit status (0, or 2 on bad input with a message on stderr)."""
+def run(args) -> None:
+    """Fit and score the baselines as described by the parsed options of ``get_args_parser``."""
+    if not args.output_dir:
+        raise BaselineError("--output-dir is required")
+    bits_list = parse_bits(args.bits)
+    methods = _parse_list(args.methods, "--methods", METHODS)
+    kinds = feature_kinds(args.features, args.weights)
+    cfg = get_cfg_from_args(args)
+    check_run_inputs(cfg, weights=args.weights, need_pretrained="backbone" in kinds and not args.weights)
+    if "backbone" in kinds and not (args.weights or cfg.student.pretrained_weights):
+        raise BaselineError(
+            "--features backbone needs --weights (DINOv2 backbone weights or an SDSH checkpoint) "
+            "or student.pretrained_weights=<file>"
+        )
+    output_dir = args.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    setup_logging(output=os.path.join(output_dir, "baselines_log.txt"), level=logging.INFO)
+    device = select_device(cfg)
+    root = resolve_data_root(cfg)
+    atomic_write_text(os.path.join(output_dir, "baselines_config.yaml"), OmegaConf.to_yaml(cfg))
+    datasets = {"database": make_eval_dataset(cfg, root, "train"), "queries": make_eval_dataset(cfg, root, "query")}
+    manifest = datasets["database"].write_manifest(os.path.join(output_dir, "split_manifest.csv"))
 
-
-
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help, or a usage error already printed by argparse
-        return int(exit_.code or 0)
-    try:
-        if not args.output_dir:
-            raise BaselineError("--output-dir is required")
-        bits_list = parse_bits(args.bits)
-        methods = _parse_list(args.methods, "--methods", METHODS)
-        if args.pixel_size < 1:
-            raise BaselineError(f"--pixel-size={args.pixel_size} must be a positive number of pixels")
-        if args.batch_size is not None and args.batch_size < 1:
-            raise BaselineError(f"--batch-size={args.batch_size} must be a positive number of images")
-        kinds = feature_kinds(args.features, args.weights)
-        cfg = get_cfg_from_args(args)
-        if args.device:
-            cfg.train.device = args.device
-        check_run_inputs(cfg, weights=args.weights, need_pretrained="backbone" in kinds and not args.weights)
-        if "backbone" in kinds and not (args.weights or cfg.student.pretrained_weights):
-            raise BaselineError(
-                "--features backbone needs --weights (DINOv2 backbone weights or an SDSH checkpoint) "
-                "or student.pretrained_weights=<file>"
-            )
-        output_dir = args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        setup_logging(output=os.path.join(output_dir, "baselines_log.txt"), level=logging.INFO)
-        device = select_device(cfg)
-        root = resolve_data_root(cfg)
-        atomic_write_text(os.path.join(output_dir, "baselines_config.yaml"), OmegaConf.to_yaml(cfg))
-        datasets = {"database": make_eval_dataset(cfg, root, "train"), "queries": make_eval_dataset(cfg, root, "query")}
-        manifest = datasets["database"].write_manifest(os.path.join(output_dir, "split_manifest.csv"))
-
-        rows: List[Dict[str, Any]] = []
-        for kind in kinds:
-            db, db_y, q, q_y, description = compute_features(kind, args, cfg, datasets, device)
-            logger.info(f"{kind}: {description}; database {tuple(db.shape)}, queries {tuple(q.shape)}")
-            extra = {
-                "features": kind,
-                "features_description": description,
-                "num_database": int(db.shape[0]),
-                "num_queries": int(q.shape[0]),
-                "data_root": os.path.abspath(root),
-                "split_manifest": manifest,
-            }
-            for row in evaluate_baselines(db, db_y, q, q_y, methods, bits_list, args.seed, cfg.evaluation.topk):
-                # The identifying keys first, as in the row schema {"method", "bits", "features", "mAP", ...}.
-                rows.append({"method": row["method"], "bits": row["bits"], **extra, **row})
-        path = os.path.join(output_dir, "baselines.json")
-        atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
-        print(f"mAP@all (Hamming ranking, ties by database index), {rows[0]['num_queries']} queries, "
-              f"{rows[0]['num_database']} database images")
-        print(format_table(rows))
-        print(f"rows: {path}")
-    except (
-        BaselineError,
-        ConfigError,
-        CheckpointFormatError,
-        CheckpointError,
-        ImageLoadError,
-        FileNotFoundError,
-    ) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
+    rows: List[Dict[str, Any]] = []
+    for kind in kinds:
+        db, db_y, q, q_y, description = compute_features(kind, args, cfg, datasets, device)
+        logger.info(f"{kind}: {description}; database {tuple(db.shape)}, queries {tuple(q.shape)}")
+        extra = {
+            "features": kind,
+            "features_description": description,
+            "num_database": int(db.shape[0]),
+            "num_queries": int(q.shape[0]),
+            "data_root": os.path.abspath(root),
+            "split_manifest": manifest,
+        }
+        for row in evaluate_baselines(db, db_y, q, q_y, methods, bits_list, args.seed, cfg.evaluation.topk):
+            # The identifying keys first, as in the row schema {"method", "bits", "features", "mAP", ...}.
+            rows.append({"method": row["method"], "bits": row["bits"], **extra, **row})
+    path = os.path.join(output_dir, "baselines.json")
+    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
+    print(f"mAP@all (Hamming ranking, ties by database index), {rows[0]['num_queries']} queries, "
+          f"{rows[0]['num_database']} database images")
+    print(format_table(rows))
+    print(f"rows: {path}")

@@ -2,6 +2,6 @@
 
 import sys
 
-from dinov2.eval.retrieval.tool import main
+from dinov2.eval.retrieval.options import main
 
 sys.exit(main())

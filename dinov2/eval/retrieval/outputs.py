@@ -11,6 +11,7 @@ from dinov2.checkpoint import atomic_path
 from dinov2.data import make_classification_eval_transform
 from dinov2.data.datasets import SplitImageDataset
 from dinov2.eval.hashing import hamming_topk, pack_codes_padded, precision_at_k, precision_recall_curve, unpack_codes
+from dinov2.eval.plots import plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
 
 logger = logging.getLogger("dinov2")
 
@@ -97,8 +98,6 @@ def _thumbnail(dataset: SplitImageDataset, index: int, resize_crop) -> np.ndarra
 
 def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries) -> List[str]:
     """The PR curve, the precision@k curve and the retrieval grid; returns the files written."""
-    from dinov2.eval.plots import plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
-
     bits = d_bits.shape[1]
     precision, recall = precision_recall_curve(q_bits, d_bits, q_labels, d_labels)
     written = [

@@ -23,19 +23,18 @@ Several processes (torchrun or SLURM) share the encoding; every image is encoded
     torchrun --nproc_per_node 4 -m dinov2.eval.retrieval --config-file ... --weights ... --output-dir ...
 """
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Optional, TextIO
 
 import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
-from dinov2.checkpoint import CheckpointError, CheckpointFormatError, atomic_write_text, weights_identity
+from dinov2.checkpoint import atomic_write_text, weights_identity
 from dinov2.data import ImageLoadError
 from dinov2.data.builders import make_eval_dataset, resolve_data_root
 from dinov2.data.datasets import load_image_rgb
@@ -44,6 +43,7 @@ from dinov2.eval.encode import extract_codes
 from dinov2.eval.hashing import binarize, hamming_topk, pack_codes_padded
 from dinov2.eval.hashing.collapse import describe_collapse
 from dinov2.eval.metrics import retrieval_metrics
+from dinov2.eval.retrieval.options import get_args_parser, main  # noqa: F401  (the command line, callable from here)
 from dinov2.eval.retrieval.outputs import (  # noqa: F401  (grid_query_indices and precision_curve_depths: used from here)
     draw_plots,
     grid_query_indices,
@@ -54,84 +54,14 @@ from dinov2.eval.retrieval.outputs import (  # noqa: F401  (grid_query_indices a
 )
 from dinov2.logging import setup_logging
 from dinov2.models import NETWORK_CONFIG_SECTIONS, load_hashing_network
-from dinov2.utils.config import ConfigError, get_cfg_from_args
+from dinov2.utils.config import get_cfg_from_args
+from dinov2.utils.errors import InputError
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
 
-# Config sections and keys that change the codes of a checkpoint: codes.npz is reused only under the same values.
-
-_EXAMPLES = """examples:
-  # evaluate a trained teacher on AID (metrics.json, codes.npz, database.faissindex, plots)
-  python -m dinov2.eval.retrieval --config-file configs/aid_64bit.yaml \\
-      --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval train.data_path=/data/AID
-
-  # the demo run of dinov2/train/train.py, evaluated on its generated dataset
-  python -m dinov2.eval.retrieval --config-file configs/demo.yaml \\
-      --weights outputs/demo/eval/best/teacher_checkpoint.pth --output-dir outputs/demo/retrieval
-
-  # the 10 nearest database images of one image (reuses codes.npz of --output-dir when it matches)
-  python -m dinov2.eval.retrieval --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
-      --output-dir runs/aid64/retrieval --query some_image.jpg --topk 10 train.data_path=/data/AID
-
-  # baseline: a randomly initialised hash head on the public DINOv2 backbone
-  python -m dinov2.eval.retrieval --config-file configs/aid_64bit.yaml --random-weights \\
-      --output-dir runs/aid64/random train.data_path=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
-
---weights accepts this project's training checkpoints (model_*.pth) and teacher checkpoints, a
-teacher_checkpoint.pth of the reference SDSH code, or a bare DINOv2 backbone (random hash head).
-Every key=value option must name a key of dinov2/configs/ssl_default_config.yaml.
-Exit status: 0 on success, 2 on bad input (the message names the file, key or value).
-"""
-
-
-class RetrievalError(RuntimeError):
+class RetrievalError(InputError, RuntimeError):
     """Input the retrieval tool cannot use: a bad option combination or an unusable query."""
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Command-line options of the retrieval tool.
-
-    Args:
-        add_help: add ``-h/--help`` (False when used as a parent parser).
-    Returns:
-        The parser: --config-file, --weights, --random-weights, --output-dir, --query, --topk,
-        --batch-size, --device, --no-plots and ``key=value`` options.
-    """
-    parser = argparse.ArgumentParser(
-        "SDSH retrieval",
-        description="Encode a dataset with an SDSH teacher into binary codes and evaluate Hamming-ranking "
-        "retrieval (database = train split, queries = query split), or search the database with one image.",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=add_help,
-    )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML overrides of the default config")
-    parser.add_argument("--weights", default="", metavar="CKPT", help="checkpoint of the network to evaluate")
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="evaluate without --weights: random hash head (and backbone unless student.pretrained_weights is set)",
-    )
-    parser.add_argument(
-        "--output-dir", "--output_dir", default="", metavar="DIR", help="where results are written (required)"
-    )
-    parser.add_argument("--query", default="", metavar="IMAGE", help="print the nearest database images of IMAGE")
-    parser.add_argument("--topk", type=int, default=10, metavar="N", help="with --query: how many (default 10)")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, metavar="B", help="images per forward pass (evaluation.batch_size)"
-    )
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default=None, help="where the network runs (train.device)"
-    )
-    parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
-    parser.add_argument(
-        "opts",
-        help="config overrides as key=value (e.g. train.data_path=/data/AID hash.hash_bit=32)",
-        default=None,
-        nargs=argparse.REMAINDER,
-    )
-    return parser
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,10 +81,6 @@ def _check_args(args) -> None:
         raise FileNotFoundError(f"weights file not found: {args.weights}")
     if args.query and not os.path.isfile(args.query):
         raise FileNotFoundError(f"query image not found: {args.query}")
-    if args.topk < 1:
-        raise RetrievalError(f"--topk={args.topk} must be a positive number of results")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise RetrievalError(f"--batch-size={args.batch_size} must be a positive number of images")
 
 
 def codes_fingerprint(cfg, weights: str, root: str) -> str:
@@ -325,60 +251,24 @@ def run_query(args, cfg, root: str, device: torch.device, out: Optional[TextIO] 
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the retrieval tool.
-
-    Args:
-        argv: command-line arguments (``sys.argv[1:]`` when None).
-    Returns:
-        The exit status: 0 on success, 2 on bad input (message on stderr, prefixed ``error:``).
-    """
-    try:
-        args = get_args_parser(add_help=True).parse_args(argv)
-    except SystemExit as exit_:  # --help, or a usage error already printed by argparse
-        return int(exit_.code or 0)
-    started_distributed = False
-    try:
-        _check_args(args)
-        if not distributed.is_enabled():
-            distributed.enable(overwrite=True)
-            started_distributed = distributed.is_enabled()
-        cfg = get_cfg_from_args(args)
-        if args.device:
-            cfg.train.device = args.device
-        check_run_inputs(cfg, weights=args.weights, need_pretrained=not args.weights)
-        output_dir = args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        setup_logging(
-            output=os.path.join(output_dir, "retrieval_log.txt"), level=logging.WARNING if args.query else logging.INFO
-        )
-        device = select_device(cfg)
-        root = resolve_data_root(cfg)
-        if args.query:
-            run_query(args, cfg, root, device)
-        else:
-            if distributed.is_main_process():
-                atomic_write_text(os.path.join(output_dir, "retrieval_config.yaml"), OmegaConf.to_yaml(cfg))
-            logger.info(
-                f"device: {device}, {distributed.get_global_size()} process(es), weights: {args.weights or 'random'}"
-            )
-            run_evaluation(args, cfg, root, device)
-            if distributed.is_enabled():
-                torch.distributed.barrier()
-    except (
-        RetrievalError,
-        ConfigError,
-        CheckpointFormatError,
-        CheckpointError,
-        ImageLoadError,
-        FileNotFoundError,
-        FileExistsError,
-    ) as error:
-        # Expected failures (bad options, config, checkpoint or data) get their message, not a traceback.
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if started_distributed:
-            torch.distributed.destroy_process_group()
-    return 0
-
+def run(args) -> None:
+    """Evaluate, or with ``--query`` search, as described by the parsed options of ``get_args_parser``."""
+    _check_args(args)
+    cfg = get_cfg_from_args(args)
+    check_run_inputs(cfg, weights=args.weights, need_pretrained=not args.weights)
+    output_dir = args.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    setup_logging(
+        output=os.path.join(output_dir, "retrieval_log.txt"), level=logging.WARNING if args.query else logging.INFO
+    )
+    device = select_device(cfg)
+    root = resolve_data_root(cfg)
+    if args.query:
+        run_query(args, cfg, root, device)
+        return
+    if distributed.is_main_process():
+        atomic_write_text(os.path.join(output_dir, "retrieval_config.yaml"), OmegaConf.to_yaml(cfg))
+    logger.info(f"device: {device}, {distributed.get_global_size()} process(es), weights: {args.weights or 'random'}")
+    run_evaluation(args, cfg, root, device)
+    if distributed.is_enabled():
+        torch.distributed.barrier()

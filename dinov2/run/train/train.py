@@ -6,8 +6,10 @@ Usage::
         --config-file configs/aid.yaml --output-dir /path/to/run [key=value ...]
 
 Options are those of ``dinov2.run.submit.get_args_parser`` plus those of the training entry point
-(``dinov2.train.train.get_args_parser``); ``key=value`` config overrides come last. A requeued job
-(time limit or preemption) resumes from the last checkpoint in the same output folder.
+(``dinov2.train.options.get_args_parser``); ``key=value`` config overrides come last. A requeued job
+(time limit or preemption) resumes from the last checkpoint in the same output folder. This module
+imports neither torch nor the trainer: ``--help`` answers at once, and the checks and the submission
+(``dinov2.run.train.launch``) load once the options are parsed.
 """
 
 import argparse
@@ -19,10 +21,9 @@ from typing import Any, Callable, List, Optional
 
 import submitit
 
-from dinov2.logging import setup_logging
-from dinov2.run.submit import check_args, get_args_parser, get_torch_distributed_env, submit_jobs
-from dinov2.utils.config import get_cfg_from_args
-from dinov2.utils.validation import check_run_inputs
+from dinov2.run.submit import get_args_parser, get_torch_distributed_env
+from dinov2.train.options import get_args_parser as get_train_args_parser
+from dinov2.utils.cli import EXIT_STATUS_HELP, run_cli
 
 logger = logging.getLogger("dinov2")
 
@@ -89,44 +90,25 @@ class Trainer:
         return submitit.helpers.DelayedSubmission(type(self)(resume_args, train_fn=self.train_fn))
 
 
+def get_launcher_args_parser() -> argparse.ArgumentParser:
+    """The submission options (``dinov2.run.submit``) followed by those of the training entry point."""
+    return get_args_parser(
+        description="Submit SDSH training as a SLURM job (or run it locally with --local)",
+        parents=[get_train_args_parser(add_help=False)],
+        epilog=EXIT_STATUS_HELP,
+    )
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse the command line and submit one training job.
 
     Args:
         argv: command-line arguments; None means ``sys.argv[1:]``.
-
     Returns:
-        Exit status: 0 once the job is submitted (with --local, once it has finished).
-
-    Raises:
-        SystemExit: invalid options (status 2) or no training entry point to import (status 1).
+        The exit status of ``dinov2.utils.cli``: 0 once the job is submitted (with --local, once it has
+        finished), 2 on bad input.
     """
-    try:
-        train_module = _import_train_module()
-    except RuntimeError as e:
-        # A message rather than a traceback: the cause is in the message.
-        raise SystemExit(f"error: {e}") from e
-    parser = get_args_parser(
-        description="Submit SDSH training as a SLURM job (or run it locally with --local)",
-        parents=[train_module.get_args_parser(add_help=False)],
-    )
-    args = parser.parse_args(argv)
-    try:
-        check_args(args)
-        # The checks the job itself starts with, run before anything is queued.
-        cfg = get_cfg_from_args(argparse.Namespace(**vars(args)))
-        check_run_inputs(cfg, need_pretrained=not (getattr(args, "eval_only", False) and cfg.MODEL.WEIGHTS))
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
-
-    # Console only: the job writes its own log.txt in the output directory.
-    setup_logging()
-    job = submit_jobs(Trainer, args, name="sdsh:train")
-    if args.local:
-        # Waits for every process of the job; raises with the job's error log if one failed.
-        job.results()
-        logger.info("Local job %s finished", job.job_id)
-    return 0
+    return run_cli(get_launcher_args_parser(), "dinov2.run.train.launch:submit", argv)
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def test_results_table_on_produced_files(tmp_path, trained_run, capsys):
         (["--methods", "lsh,kmeans"], "--methods: unknown value(s) kmeans"),
         (["--features", "backbone"], "--features backbone needs --weights"),
         (["--weights", "missing.pth"], "weights file not found: missing.pth"),
-        (["--pixel-size", "0"], "--pixel-size=0"),
+        (["--pixel-size", "0"], "argument --pixel-size: '0' is not a positive integer"),
     ],
 )
 def test_bad_options_exit_2_naming_the_value(tmp_path, capsys, extra, message):
