@@ -19,6 +19,10 @@ from .hashing_network import NETWORK_CONFIG_SECTIONS, HashingNetwork, build_hash
 
 logger = logging.getLogger("dinov2")
 
+# Checkpoint formats that hold tensors only (reference SDSH teachers, DINOv2 weights): the user's config
+# must describe their network.
+_FORMATS_WITHOUT_CONFIG = ("sdsh_reference", "dinov2_backbone")
+
 
 def _known_archs():
     return sorted(name for name, value in vars(vits).items() if name.startswith("vit_") and callable(value))
@@ -122,7 +126,14 @@ def load_hashing_network(cfg, weights: str, device: torch.device) -> Tuple[Hashi
     fix_random_seeds(cfg.train.seed)
     try:
         network = build_hashing_network(cfg, weights or None)
-    except (CheckpointFormatError, ConfigError):
+    except CheckpointFormatError as exc:
+        if fmt in _FORMATS_WITHOUT_CONFIG:
+            raise CheckpointFormatError(
+                f"{exc}. A {fmt} checkpoint carries no config: pass the --config-file (or key=value options) of "
+                "the model it holds"
+            ) from None
+        raise
+    except ConfigError:
         raise
     except (ValueError, RuntimeError) as exc:
         # e.g. an unknown student.arch or pretrained weights of another architecture

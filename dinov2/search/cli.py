@@ -22,6 +22,7 @@ from dinov2.data.datasets import load_image_rgb
 from dinov2.distributed.devices import select_device
 from dinov2.logging import setup_logging
 from dinov2.models import load_hashing_network
+from dinov2.models.checkpoint_config import merge_config_for_weights
 from dinov2.search.archive import (
     CHUNKS_DIR,
     FILES_FILE,
@@ -41,7 +42,7 @@ from dinov2.search.archive import (
     write_chunk,
 )
 from dinov2.search.options import get_args_parser, main  # noqa: F401  (the command line, callable from here)
-from dinov2.utils.config import command_line_opts, merge_config
+from dinov2.utils.config import command_line_opts
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
@@ -87,7 +88,7 @@ def run_build(args) -> Optional[Dict[str, Any]]:
     """
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"weights file not found: {args.weights}")
-    cfg = merge_config(args.config_file, command_line_opts(args))
+    cfg = merge_config_for_weights(args.config_file, command_line_opts(args), args.weights)
     check_run_inputs(cfg, weights=args.weights, need_data=False, need_pretrained=False)
     device = select_device(cfg)
     transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)

@@ -5,11 +5,11 @@ A run resumes from ``<output-dir>``'s last checkpoint only when the model-shapin
 """
 
 import os
-from typing import Any, Dict, List
+from typing import List
 
 from omegaconf import OmegaConf
 
-from dinov2.utils.config import ConfigError
+from dinov2.utils.config import ConfigError, flatten_config
 
 # Config sections whose values shape the model: a checkpoint is only resumed under the same values.
 MODEL_CONFIG_PREFIXES = ("student.", "hash.", "crops.", "dino.head_", "ibot.head_")
@@ -19,20 +19,10 @@ MODEL_CONFIG_PREFIXES = ("student.", "hash.", "crops.", "dino.head_", "ibot.head
 MODEL_CONFIG_EXEMPT = ("student.pretrained_weights",)
 
 
-def _flatten(cfg_dict: Dict, prefix: str = "") -> Dict[str, Any]:
-    flat = {}
-    for key, value in cfg_dict.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def model_config_differences(old_cfg, new_cfg) -> List[str]:
     """Model-shaping keys (``MODEL_CONFIG_PREFIXES``) whose values differ, as ``key: old -> new``."""
-    old = _flatten(OmegaConf.to_container(old_cfg, resolve=True))
-    new = _flatten(OmegaConf.to_container(new_cfg, resolve=True))
+    old = flatten_config(OmegaConf.to_container(old_cfg, resolve=True))
+    new = flatten_config(OmegaConf.to_container(new_cfg, resolve=True))
     keys = sorted(k for k in set(old) | set(new) if k.startswith(MODEL_CONFIG_PREFIXES) and k not in MODEL_CONFIG_EXEMPT)
     return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
 

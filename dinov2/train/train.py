@@ -40,11 +40,10 @@ import os
 from typing import Any, Dict, Optional
 
 import torch
-from omegaconf import OmegaConf
 
 from dinov2 import distributed
 from dinov2.checkpoint import AtomicPeriodicCheckpointer, FSDPCheckpointer, save_teacher_checkpoint
-from dinov2.data.builders import build_train_loader, is_labeled, resolve_data_root
+from dinov2.data.builders import build_train_loader, is_labeled, resolve_data_root, train_loader_workers
 from dinov2.distributed.devices import select_device, use_fsdp
 from dinov2.logging import MetricLogger, SmoothedValue, drop_records_from, setup_logging
 from dinov2.train.evaluator import RetrievalEvaluator
@@ -55,7 +54,8 @@ from dinov2.train.resume import check_resume_config, has_resume_state
 from dinov2.train.selection import do_eval_only, evaluate_and_keep_best, finish
 from dinov2.train.setup import NonFiniteGradientError, TrainingSetup
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
-from dinov2.utils.config import ConfigError, get_cfg_from_args, setup
+from dinov2.utils.config import ConfigError, differences_from_default, get_cfg_from_args, setup
+from dinov2.utils.cpu import limit_cpu_threads
 from dinov2.utils.errors import TrainingStopped
 from dinov2.utils.validation import check_run_inputs
 
@@ -253,11 +253,18 @@ def main(args) -> Dict[str, Any]:
     if distributed.is_enabled():
         # Nobody rewrites config.yaml before every rank has compared it.
         torch.distributed.barrier()
-    cfg = setup(args, world_size=distributed.get_global_size(), rank=distributed.get_global_rank())
-    logger.info("config:\n" + OmegaConf.to_yaml(cfg))
+    cfg = setup(preview, world_size=distributed.get_global_size(), rank=distributed.get_global_rank())
+    changed = differences_from_default(cfg)
+    logger.info(
+        f"config: {len(changed)} value(s) differ from the defaults (all in {os.path.join(output_dir, 'config.yaml')}):\n  "
+        + "\n  ".join(changed)
+    )
 
     device = select_device(cfg)
-    logger.info(f"device: {device}, {distributed.get_global_size()} process(es)")
+    if device.type == "cpu":
+        # Torch's share of the cores, less the loader workers: two runs on one machine must not fight.
+        limit_cpu_threads(distributed.get_local_size(), train_loader_workers(cfg, device))
+    logger.info(f"device: {device}, {distributed.get_global_size()} process(es), {torch.get_num_threads()} CPU thread(s)")
     root = resolve_data_root(cfg)
     if is_labeled(cfg, root):
         evaluator = RetrievalEvaluator(cfg, root, device)

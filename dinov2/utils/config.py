@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import random
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -429,22 +429,39 @@ def get_cfg_from_args(args) -> DictConfig:
     return cfg
 
 
-def setup(args, world_size: Optional[int] = None, rank: int = 0) -> DictConfig:
-    """Create the configuration, output directory and seeds for a run; write ``config.yaml``.
+def setup(cfg: DictConfig, world_size: Optional[int] = None, rank: int = 0) -> DictConfig:
+    """Seed this process, scale the learning rate and write ``config.yaml`` for a run's merged config.
 
     Args:
-        args: parsed arguments with ``config_file``, ``output_dir`` and ``opts``.
+        cfg: the merged configuration (``get_cfg_from_args``), with ``train.output_dir`` set.
         world_size: number of processes (the current process group's when None).
         rank: this process's rank; only rank 0 writes ``config.yaml``.
     Returns:
-        The merged configuration with ``optim.lr`` set.
+        ``cfg`` with ``optim.lr`` set.
     """
-    cfg = get_cfg_from_args(args)
-    os.makedirs(args.output_dir, exist_ok=True)
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
     if world_size is None:
         world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     fix_random_seeds(cfg.train.seed + rank)
     apply_scaling_rules_to_cfg(cfg, world_size)
     if rank == 0:
-        write_config(cfg, args.output_dir)
+        write_config(cfg, cfg.train.output_dir)
     return cfg
+
+
+def differences_from_default(cfg: DictConfig) -> List[str]:
+    """``key: value`` of every key whose value differs from ``ssl_default_config.yaml``, in key order."""
+    default = flatten_config(OmegaConf.to_container(OmegaConf.create(dinov2_default_config), resolve=True))
+    current = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    return [f"{key}: {current[key]}" for key in sorted(current) if default.get(key, _MISSING) != current[key]]
+
+
+def flatten_config(tree: Dict, prefix: str = "") -> Dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}``."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -8,11 +8,14 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 import torch.multiprocessing as mp
+from omegaconf import OmegaConf
 
 from dinov2.search import archive as index_archive
 from dinov2.search import cli as index_cli
 from dinov2.search.index import BinaryIndex
+from dinov2.utils.config import merge_config
 
 from ..conftest import export_torchrun_env, free_port
 from ..reliability.conftest import PYTHON, subprocess_env
@@ -308,3 +311,21 @@ def test_a_bad_image_list_line_exits_2_naming_the_file_and_line(archive, tmp_pat
         err = capsys.readouterr().err
         assert str(list_file) in err and "image list" in err and where in err and "Traceback" not in err, err
         assert not (tmp_path / "out").exists()
+
+
+def test_build_with_weights_alone_uses_the_checkpoint_s_config(archive, tmp_path):
+    """The teacher as the trainer writes it (with its config): no --config-file, no network option."""
+    checkpoint = torch.load(archive["weights"], weights_only=True)
+    checkpoint["config"] = OmegaConf.to_yaml(merge_config(None, INDEX_OPTS))
+    weights = tmp_path / "teacher_checkpoint.pth"
+    torch.save(checkpoint, weights)
+    out = tmp_path / "index"
+    argv = ["build", "--weights", str(weights), "--images", str(archive["images"]), "--output-dir", str(out)]
+    assert index_cli.main([*argv, "--device", "cpu", "evaluation.num_workers=0"]) == 0
+    index = BinaryIndex.load(str(out / "index.sdshbix"))
+    np.testing.assert_array_equal(index.codes, reference_packed_codes(archive["weights"], archive["images"]))
+    # A network option the checkpoint contradicts is refused, before anything is written.
+    refused = tmp_path / "refused"
+    argv = ["build", "--weights", str(weights), "--images", str(archive["images"]), "--output-dir", str(refused)]
+    assert index_cli.main([*argv, "--device", "cpu", "hash.hash_bit=32"]) == 2
+    assert not refused.exists()

@@ -5,7 +5,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from dinov2.configs import CONFIG_DIR, dinov2_default_config
-from dinov2.utils.config import ConfigError, apply_scaling_rules_to_cfg, merge_config, setup
+from dinov2.utils.config import (
+    ConfigError,
+    apply_scaling_rules_to_cfg,
+    differences_from_default,
+    get_cfg_from_args,
+    merge_config,
+    setup,
+)
 
 
 def _args(tmp_path, config_file=None, opts=()):
@@ -87,11 +94,19 @@ def test_sqrt_lr_scaling_rule():
 
 
 def test_setup_writes_config_yaml(tmp_path):
-    cfg = setup(_args(tmp_path, opts=["hash.hash_bit=48"]), world_size=1)
+    cfg = setup(get_cfg_from_args(_args(tmp_path, opts=["hash.hash_bit=48"])), world_size=1)
     saved = OmegaConf.load(tmp_path / "out" / "config.yaml")
     assert saved.hash.hash_bit == 48
     assert saved.optim.lr == pytest.approx(cfg.optim.lr) and cfg.optim.lr > 0
     assert saved.train.output_dir == str(tmp_path / "out")
+
+
+def test_differences_from_default_name_each_changed_key_and_only_those():
+    cfg = merge_config(None, ["hash.hash_bit=48", "train.train_ratio=0.8", "optim.base_lr=0.001"])
+    changed = differences_from_default(cfg)
+    assert "hash.hash_bit: 48" in changed and "train.train_ratio: 0.8" in changed
+    assert not [line for line in changed if line.startswith("optim.base_lr")]  # 0.001 is the default
+    assert differences_from_default(merge_config(None, [])) == []
 
 
 def test_packaged_config_dir_has_default():

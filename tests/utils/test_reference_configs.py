@@ -25,7 +25,7 @@ ADDED_POOLING_LINE = "  pooling: mean  # not in the reference file: its w/o-AWP 
 MACHINE_PATHS = {"train.data_path": "/home/datasets/AID", "student.pretrained_weights": "/dinov2_models/dinov2_vits14_pretrain.pth"}
 
 
-_leaves = config_module._flatten  # {"a.b": value} of a nested dict
+_leaves = config_module.flatten_config  # {"a.b": value} of a nested dict
 
 
 def _file_leaves(path):

@@ -43,7 +43,8 @@ from dinov2.eval.encode import extract_codes
 from dinov2.eval.metrics import retrieval_metrics
 from dinov2.logging import setup_logging
 from dinov2.models import load_hashing_network
-from dinov2.utils.config import get_cfg_from_args
+from dinov2.models.checkpoint_config import merge_config_for_weights
+from dinov2.utils.config import command_line_opts
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
@@ -206,7 +207,10 @@ def run(args) -> None:
     bits_list = parse_bits(args.bits)
     methods = _parse_list(args.methods, "--methods", METHODS)
     kinds = feature_kinds(args.features, args.weights)
-    cfg = get_cfg_from_args(args)
+    # The network keys come from the checkpoint's own config when it carries one.
+    cfg = merge_config_for_weights(args.config_file, command_line_opts(args), args.weights)
+    args.output_dir = os.path.abspath(args.output_dir)
+    cfg.train.output_dir = args.output_dir
     check_run_inputs(cfg, weights=args.weights, need_pretrained="backbone" in kinds and not args.weights)
     if "backbone" in kinds and not (args.weights or cfg.student.pretrained_weights):
         raise BaselineError(

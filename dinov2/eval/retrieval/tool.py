@@ -54,7 +54,8 @@ from dinov2.eval.retrieval.outputs import (  # noqa: F401  (grid_query_indices a
 )
 from dinov2.logging import setup_logging
 from dinov2.models import NETWORK_CONFIG_SECTIONS, load_hashing_network
-from dinov2.utils.config import get_cfg_from_args
+from dinov2.models.checkpoint_config import merge_config_for_weights
+from dinov2.utils.config import command_line_opts
 from dinov2.utils.errors import InputError
 from dinov2.utils.validation import check_run_inputs
 
@@ -254,7 +255,10 @@ def run_query(args, cfg, root: str, device: torch.device, out: Optional[TextIO] 
 def run(args) -> None:
     """Evaluate, or with ``--query`` search, as described by the parsed options of ``get_args_parser``."""
     _check_args(args)
-    cfg = get_cfg_from_args(args)
+    # The network keys come from the checkpoint's own config when it carries one.
+    cfg = merge_config_for_weights(args.config_file, command_line_opts(args), args.weights)
+    args.output_dir = os.path.abspath(args.output_dir)
+    cfg.train.output_dir = args.output_dir
     check_run_inputs(cfg, weights=args.weights, need_pretrained=not args.weights)
     output_dir = args.output_dir
     os.makedirs(output_dir, exist_ok=True)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from omegaconf import OmegaConf
 
 from dinov2.data import ClassFolderDataset, generate_demo_dataset, make_classification_eval_transform
 from dinov2.eval.encode import extract_codes
@@ -339,3 +340,32 @@ def test_codes_of_any_length_are_packed_for_faiss_without_changing_distances(tmp
     brute = (q[:, None, :] != d[None, :, :]).sum(-1)  # [4, 9] Hamming distances
     np.testing.assert_array_equal(distances, np.take_along_axis(brute, indices, 1))
     np.testing.assert_array_equal(np.sort(brute, 1), distances)
+
+
+def _self_describing_teacher(setting, path):
+    """The setting's teacher, saved as the trainer saves it: with the config of its run."""
+    checkpoint = torch.load(setting["weights"], weights_only=True)
+    checkpoint["config"] = OmegaConf.to_yaml(setting["cfg"])
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def test_weights_alone_build_the_network_the_checkpoint_was_trained_as(setting, tmp_path, capsys):
+    weights = _self_describing_teacher(setting, tmp_path / "teacher_checkpoint.pth")
+    # No --config-file and no network option: the 16-bit, 28-px tiny network comes from the checkpoint.
+    argv = ["--weights", weights, "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--no-plots"]
+    data = [f"train.data_path={setting['root']}", "train.train_ratio=0.5", "evaluation.num_workers=0"]
+    assert retrieval.main(argv + data) == 0
+    expected = json.loads((setting["out"] / "metrics.json").read_text())
+    found = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert found["mAP"] == expected["mAP"]
+
+
+def test_a_config_that_disagrees_with_the_checkpoint_is_refused_naming_the_key(setting, tmp_path, capsys):
+    weights = _self_describing_teacher(setting, tmp_path / "teacher_checkpoint.pth")
+    out = tmp_path / "out"
+    argv = ["--weights", weights, "--output-dir", str(out), "--device", "cpu", "hash.hash_bit=32"]
+    assert retrieval.main(argv + [f"train.data_path={setting['root']}"]) == 2
+    err = capsys.readouterr().err
+    assert "hash.hash_bit=32" in err and "hash.hash_bit=16" in err and weights in err
+    assert not out.exists()
