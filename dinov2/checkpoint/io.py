@@ -15,6 +15,7 @@ previous file as it was.
 
 import contextlib
 import os
+import re
 from typing import Any, Callable, Dict, Iterator
 
 import torch
@@ -99,6 +100,21 @@ def atomic_write_text(path: str, text: str) -> str:
     return _atomic_write(path, lambda f: f.write(text.encode("utf-8")), "wb")
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in plain words.
+
+    Torch's own message for a file holding other objects than tensors advises loading it with
+    ``weights_only=False``, which would run the file's code: only the class it refused is kept.
+    """
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if refused:
+        return (
+            f"it holds a Python object of class {refused.group(1).lstrip('_')}, and only tensors and plain "
+            "containers are loaded from a checkpoint (loading other objects could run code from the file)"
+        )
+    return "the file is not a torch checkpoint, or it is truncated or corrupt"
+
+
 def load_torch_file(path: str, hint: str = "") -> Dict[str, Any]:
     """``torch.load(weights_only=True)`` of a checkpoint dict on the CPU, with errors that name the file.
 
@@ -117,11 +133,7 @@ def load_torch_file(path: str, hint: str = "") -> Dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointFormatError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {first_line}); the file is truncated, "
-            "corrupt, not a torch checkpoint or holds objects other than tensors" + (f". {hint}" if hint else "")
-        ) from exc
+        raise CheckpointFormatError(f"cannot read checkpoint {path}: {_load_failure(exc)}" + (f". {hint}" if hint else "")) from exc
     if not isinstance(checkpoint, dict):
         raise CheckpointFormatError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
     return checkpoint

@@ -20,6 +20,17 @@ _FORMAT = "%(levelname).1s%(asctime)s %(process)s %(name)s %(filename)s:%(lineno
 _DATE_FORMAT = "%Y%m%d %H:%M:%S"
 
 
+class _OnlyFor(logging.Filter):
+    """Passes records meant for every destination or for this one (``extra={"only": "console"|"file"}``)."""
+
+    def __init__(self, destination: str) -> None:
+        super().__init__()
+        self.destination = destination
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "only", self.destination) == self.destination
+
+
 def _log_file_name(output: str, rank: int) -> str:
     if output.endswith((".txt", ".log")):
         filename = output
@@ -45,6 +56,7 @@ def _configure_logger(name: Optional[str], level: int, output: Optional[str], ra
         console = logging.StreamHandler(stream=sys.stdout)
         console.setLevel(logging.DEBUG)
         console.setFormatter(formatter)
+        console.addFilter(_OnlyFor("console"))
         logger.addHandler(console)
 
     if output:
@@ -53,6 +65,7 @@ def _configure_logger(name: Optional[str], level: int, output: Optional[str], ra
         file_handler = logging.StreamHandler(open(filename, "a", encoding="utf-8"))
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(formatter)
+        file_handler.addFilter(_OnlyFor("file"))
         logger.addHandler(file_handler)
     return logger
 

@@ -122,6 +122,15 @@ class MetricLogger:
         with open(self.output_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _short_line(self, header: str, i: int, n_iterations: int, width: int, eta: str, seconds: float) -> str:
+        """``Training [ 10/600] eta 0:02:31 | loss 9.8742 | lr 0.00177 | 0.262 s/it``: under 160 characters logged."""
+        parts = [f"{header} [{i:{width}d}/{n_iterations}] eta {eta}".strip()]
+        for name, label in (("total_loss", "loss"), ("loss", "loss"), ("lr", "lr")):
+            if name in self.meters and not (label == "loss" and any(p.startswith("loss ") for p in parts)):
+                parts.append(f"{label} {self.meters[name].median:.4g}")
+        parts.append(f"{seconds:.3f} s/it")
+        return " | ".join(parts)
+
     def log_every(
         self,
         iterable: Iterable,
@@ -176,7 +185,9 @@ class MetricLogger:
                 ]
                 if torch.cuda.is_available():
                     fields.append(f"max mem: {torch.cuda.max_memory_allocated() / 1024.0**2:.0f} MB")
-                logger.info(self.delimiter.join(f for f in fields if f))
+                # The whole record goes to log.txt (and training_metrics.json); the console gets one short line.
+                logger.info(self.delimiter.join(f for f in fields if f), extra={"only": "file"})
+                logger.info(self._short_line(header, i, n_iterations, width, eta, iter_time.avg), extra={"only": "console"})
             if after_each is not None:
                 after_each(i)
             i += 1

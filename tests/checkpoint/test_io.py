@@ -1,5 +1,6 @@
 """Tests of dinov2/utils/checkpoint.py: atomic writes and named errors for unreadable checkpoints."""
 
+import io
 import os
 
 import pytest
@@ -98,3 +99,17 @@ def test_read_checkpoint_names_the_file_of_an_unknown_layout(tmp_path):
     torch.save({"state_dict": {"encoder.weight": torch.zeros(1)}, "epoch": 2}, path)
     with pytest.raises(CheckpointFormatError, match="other_program.pth.*unknown checkpoint layout.*state_dict"):
         read_checkpoint(str(path))
+
+
+def test_refused_objects_are_named_without_torch_s_unsafe_advice(tmp_path):
+    path = tmp_path / "objects.pth"
+    torch.save({"buffer": io.BytesIO(b"x")}, path)
+    with pytest.raises(CheckpointFormatError) as caught:
+        load_torch_file(str(path))
+    message = str(caught.value)
+    assert str(path) in message and "io.BytesIO" in message
+    assert "weights_only" not in message and "\x1b[" not in message
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointFormatError, match=rf"{text}: the file is not a torch checkpoint"):
+        load_torch_file(str(text))

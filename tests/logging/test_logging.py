@@ -92,3 +92,18 @@ def test_read_jsonl_skips_a_partial_last_line_and_missing_files(tmp_path):
     path.write_text('{"iteration": 0, "loss": 1.5}\n{"iteration": 1, "loss": 1.2}\n{"iteration": 2, "lo')
     assert read_jsonl(str(path)) == [{"iteration": 0, "loss": 1.5}, {"iteration": 1, "loss": 1.2}]
     assert read_jsonl(str(tmp_path / "missing.json")) == []
+
+
+def test_the_console_gets_a_short_progress_line_and_the_log_file_the_whole_record(tmp_path, capsys):
+    setup_logging(output=str(tmp_path), level=logging.INFO)
+    metric_logger = MetricLogger(delimiter="  ", output_file=str(tmp_path / "metrics.json"))
+    names = [f"a_long_loss_term_number_{k}" for k in range(12)]
+    for _ in metric_logger.log_every(range(3), 1, "Training", n_iterations=3):
+        metric_logger.update(lr=0.00123, total_loss=9.87654, **{name: 1.5 for name in names})
+    logging.getLogger("dinov2").handlers[-1].flush()
+    console = [line for line in capsys.readouterr().out.splitlines() if "Training [" in line]
+    assert len(console) == 3 and all(len(line) < 160 for line in console), console
+    assert "loss 9.877" in console[-1] and "lr 0.00123" in console[-1] and "s/it" in console[-1]
+    log = [line for line in (tmp_path / "log.txt").read_text().splitlines() if "Training  [" in line]
+    assert len(log) == 3 and all(name in log[-1] for name in names)
+    setup_logging(level=logging.INFO)  # release log.txt
