@@ -13,14 +13,14 @@ Writing: every writer goes through a temporary file in the destination's directo
 previous file as it was.
 """
 
-import contextlib
 import os
 import re
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Dict
 
 import torch
 
 from dinov2.utils.errors import InputError
+from dinov2.utils.files import atomic_path, atomic_write, atomic_write_text  # noqa: F401  (re-exported)
 
 
 class CheckpointError(InputError, RuntimeError):
@@ -35,54 +35,6 @@ class CheckpointNotFoundError(CheckpointFormatError, FileNotFoundError):
     """No checkpoint file at the given path."""
 
 
-def _fsync_path(path: str, flags: int) -> None:
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync directories
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """A temporary path beside ``path`` that replaces ``path`` when the ``with`` block succeeds.
-
-    The temporary name keeps the extension (writers such as matplotlib infer the format from it).
-    After the block the file is fsynced, renamed over ``path`` and the directory is fsynced; on an
-    exception the temporary file is removed and ``path`` is left as it was.
-
-    Args:
-        path: destination file.
-    Yields:
-        The temporary path to write.
-    """
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp_path = os.path.join(directory, f".tmp.{os.getpid()}.{name}")
-    try:
-        yield tmp_path
-        _fsync_path(tmp_path, os.O_RDONLY)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    # Make the rename itself durable.
-    _fsync_path(directory, os.O_RDONLY)
-
-
-def _atomic_write(path: str, write: Callable[[Any], None], mode: str) -> str:
-    with atomic_path(path) as tmp_path:
-        with open(tmp_path, mode) as f:
-            write(f)
-    return os.fspath(path)
-
-
 def atomic_torch_save(obj: Any, path: str) -> str:
     """``torch.save(obj, path)`` through a temporary file and ``os.replace``.
 
@@ -92,12 +44,7 @@ def atomic_torch_save(obj: Any, path: str) -> str:
     Returns:
         ``path``.
     """
-    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
-
-
-def atomic_write_text(path: str, text: str) -> str:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``; returns ``path``."""
-    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")), "wb")
+    return atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def _load_failure(exc: Exception) -> str:

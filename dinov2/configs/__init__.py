@@ -4,6 +4,9 @@ import pathlib
 
 from omegaconf import OmegaConf
 
+# The poolings of the hash head (hash.pooling), here so that the config is checked without torch.
+POOLINGS = ("awp", "mean", "grid")
+
 CONFIG_DIR = pathlib.Path(__file__).parent.resolve()
 
 

@@ -11,7 +11,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-POOLINGS = ("awp", "mean", "grid")
+from dinov2.configs import POOLINGS
+
 # Cells per side of the "grid" pooling: the patch tokens averaged over a GRID_SIDE x GRID_SIDE grid.
 GRID_SIDE = 2
 VIEWS = ("global", "local")

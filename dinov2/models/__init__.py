@@ -12,7 +12,8 @@ from dinov2.checkpoint import (
     read_checkpoint,
     read_hashing_checkpoint,
 )
-from dinov2.utils.config import ConfigError, fix_random_seeds
+from dinov2.utils.config import ConfigError
+from dinov2.utils.utils import fix_random_seeds
 
 from . import vision_transformer as vits
 from .hashing_network import NETWORK_CONFIG_SECTIONS, HashingNetwork, build_hash_head

@@ -9,16 +9,19 @@ mixed-precision path on the CPU (CPU autocast and ``torch.amp.GradScaler("cpu")`
 
 import contextlib
 import math
+import os
 from typing import Dict, NamedTuple, Optional
 
 import torch
+from omegaconf import DictConfig
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
 from dinov2 import distributed
 from dinov2.distributed.devices import average_gradients, broadcast_model, use_fsdp
 from dinov2.train.optim import clip_gradients
 from dinov2.train.ssl_meta_arch import SSLMetaArch
-from dinov2.utils.config import ConfigError
+from dinov2.utils.config import ConfigError, apply_scaling_rules_to_cfg, write_config
+from dinov2.utils.utils import fix_random_seeds
 
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -145,3 +148,23 @@ class TrainingSetup:
         if stepped:
             model.update_teacher(momentum)
         return StepResult(losses, stepped, norms)
+
+
+def setup_run(cfg: DictConfig, world_size: Optional[int] = None, rank: int = 0) -> DictConfig:
+    """Seed this process, scale the learning rate and write ``config.yaml`` for a run's merged config.
+
+    Args:
+        cfg: the merged configuration (``get_cfg_from_args``), with ``train.output_dir`` set.
+        world_size: number of processes (the current process group's when None).
+        rank: this process's rank; only rank 0 writes ``config.yaml``.
+    Returns:
+        ``cfg`` with ``optim.lr`` set.
+    """
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    fix_random_seeds(cfg.train.seed + rank)
+    apply_scaling_rules_to_cfg(cfg, world_size)
+    if rank == 0:
+        write_config(cfg, cfg.train.output_dir)
+    return cfg

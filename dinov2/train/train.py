@@ -52,9 +52,9 @@ from dinov2.train.optim import apply_optim_scheduler, build_optimizer, build_sch
 from dinov2.train.options import get_args_parser  # noqa: F401  (the options, importable from here)
 from dinov2.train.resume import check_resume_config, has_resume_state
 from dinov2.train.selection import do_eval_only, evaluate_and_keep_best, finish
-from dinov2.train.setup import NonFiniteGradientError, TrainingSetup
+from dinov2.train.setup import NonFiniteGradientError, TrainingSetup, setup_run
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
-from dinov2.utils.config import ConfigError, differences_from_default, get_cfg_from_args, setup
+from dinov2.utils.config import ConfigError, differences_from_default, get_cfg_from_args
 from dinov2.utils.cpu import limit_cpu_threads
 from dinov2.utils.errors import TrainingStopped
 from dinov2.utils.validation import check_run_inputs
@@ -253,7 +253,7 @@ def main(args) -> Dict[str, Any]:
     if distributed.is_enabled():
         # Nobody rewrites config.yaml before every rank has compared it.
         torch.distributed.barrier()
-    cfg = setup(preview, world_size=distributed.get_global_size(), rank=distributed.get_global_rank())
+    cfg = setup_run(preview, world_size=distributed.get_global_size(), rank=distributed.get_global_rank())
     changed = differences_from_default(cfg)
     logger.info(
         f"config: {len(changed)} value(s) differ from the defaults (all in {os.path.join(output_dir, 'config.yaml')}):\n  "

@@ -26,6 +26,7 @@ import logging
 import sys
 from typing import Any, Callable, Optional, Sequence, Union
 
+from dinov2.utils.config import command_line_opts, merge_config
 from dinov2.utils.errors import InputError, TrainingStopped
 
 EXIT_OK = 0
@@ -155,6 +156,10 @@ def run_cli(
         return exit_.code if isinstance(exit_.code, int) else EXIT_FAILURE
     started = False
     try:
+        if hasattr(args, "config_file") and hasattr(args, "opts"):
+            # The config's keys and values are checked here, before the entry point loads torch: a bad key
+            # answers at once. The entry point merges it again (with its checkpoint's keys, for the tools).
+            merge_config(args.config_file, command_line_opts(args))
         main_fn = load_main(main) if isinstance(main, str) else main
         if distributed:
             started = _start_distributed()

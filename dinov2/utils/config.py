@@ -9,18 +9,14 @@ import difflib
 import logging
 import math
 import os
-import random
 from typing import Any, Dict, Iterable, List, Optional
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from dinov2.checkpoint import atomic_write_text
-from dinov2.configs import dinov2_default_config
-from dinov2.layers.hash_head import POOLINGS
+from dinov2.configs import POOLINGS, dinov2_default_config
 from dinov2.utils.errors import InputError
+from dinov2.utils.files import atomic_write_text
 
 logger = logging.getLogger("dinov2")
 
@@ -404,13 +400,6 @@ def write_config(cfg: DictConfig, output_dir: str, name: str = "config.yaml") ->
     return atomic_write_text(os.path.join(output_dir, name), OmegaConf.to_yaml(cfg))
 
 
-def fix_random_seeds(seed: int = 31) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def command_line_opts(args) -> List[str]:
     """The ``key=value`` overrides of parsed arguments: ``opts`` (less ``train.output_dir``, which
     ``--output-dir`` sets), then ``train.device`` from ``--device`` when given."""
@@ -426,26 +415,6 @@ def get_cfg_from_args(args) -> DictConfig:
     args.output_dir = os.path.abspath(args.output_dir)
     cfg = merge_config(args.config_file, command_line_opts(args))
     cfg.train.output_dir = args.output_dir
-    return cfg
-
-
-def setup(cfg: DictConfig, world_size: Optional[int] = None, rank: int = 0) -> DictConfig:
-    """Seed this process, scale the learning rate and write ``config.yaml`` for a run's merged config.
-
-    Args:
-        cfg: the merged configuration (``get_cfg_from_args``), with ``train.output_dir`` set.
-        world_size: number of processes (the current process group's when None).
-        rank: this process's rank; only rank 0 writes ``config.yaml``.
-    Returns:
-        ``cfg`` with ``optim.lr`` set.
-    """
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
-    if world_size is None:
-        world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    fix_random_seeds(cfg.train.seed + rank)
-    apply_scaling_rules_to_cfg(cfg, world_size)
-    if rank == 0:
-        write_config(cfg, cfg.train.output_dir)
     return cfg
 
 

@@ -1,8 +1,10 @@
 """Cosine schedules and small model helpers."""
 
 import logging
+import random
 
 import numpy as np
+import torch
 from torch import nn
 
 logger = logging.getLogger("dinov2")
@@ -52,3 +54,10 @@ def has_batchnorms(model: nn.Module) -> bool:
     """True if ``model`` contains a BatchNorm layer (these need SyncBatchNorm handling when distributed)."""
     bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     return any(isinstance(module, bn_types) for module in model.modules())
+
+
+def fix_random_seeds(seed: int = 31) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

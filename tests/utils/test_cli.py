@@ -51,7 +51,7 @@ def _run(args, *extra, importtime=False):
 
 
 @pytest.mark.parametrize("tool", ["train", "retrieval", "baselines", "search build", "slurm launcher"])
-def test_bad_input_exits_2_in_every_entry_point_and_writes_nothing(tool, tmp_path):
+def test_bad_input_exits_2_in_every_entry_point_and_writes_nothing_before_torch_loads(tool, tmp_path):
     command = _commands(tmp_path)[tool]
     out = tmp_path / "out"
     cases = {
@@ -59,8 +59,10 @@ def test_bad_input_exits_2_in_every_entry_point_and_writes_nothing(tool, tmp_pat
         "a missing --config-file": (["--config-file", str(tmp_path / "nope.yaml")], "nope.yaml"),
     }
     for case, (extra, named) in cases.items():
-        result = _run(command, "--output-dir", str(out), *extra)
+        result = _run(command, "--output-dir", str(out), *extra, importtime=True)
         assert result.returncode == EXIT_INPUT, (case, result.stderr[-2000:])
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert imported and not imported & set(HEAVY), (case, sorted(imported & set(HEAVY)))
         assert "error: " in result.stderr and named in result.stderr, (case, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, (case, result.stderr[-2000:])
         assert not out.exists(), (case, sorted(os.listdir(out)))
@@ -112,8 +114,11 @@ def test_each_kind_of_error_has_its_exit_status(error, status, capsys):
 
 def test_success_help_usage_errors_and_other_exceptions(capsys):
     seen = []
-    assert run_cli(_parser(), seen.append, ["--n", "3", "a.b=1"]) == EXIT_OK
-    assert seen[0].n == 3 and seen[0].opts == ["a.b=1"]
+    assert run_cli(_parser(), seen.append, ["--n", "3", "train.seed=1"]) == EXIT_OK
+    assert seen[0].n == 3 and seen[0].opts == ["train.seed=1"]
+    # The config is checked before main runs: an unknown key never reaches it.
+    assert run_cli(_parser(), seen.append, ["train.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
     assert run_cli(_parser(), seen.append, ["--help"]) == EXIT_OK
     assert run_cli(_parser(), seen.append, ["--n", "x"]) == 2 and "invalid int value" in capsys.readouterr().err
     assert len(seen) == 1

@@ -5,13 +5,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from dinov2.configs import CONFIG_DIR, dinov2_default_config
+from dinov2.train.setup import setup_run
 from dinov2.utils.config import (
     ConfigError,
     apply_scaling_rules_to_cfg,
     differences_from_default,
     get_cfg_from_args,
     merge_config,
-    setup,
 )
 
 
@@ -94,7 +94,7 @@ def test_sqrt_lr_scaling_rule():
 
 
 def test_setup_writes_config_yaml(tmp_path):
-    cfg = setup(get_cfg_from_args(_args(tmp_path, opts=["hash.hash_bit=48"])), world_size=1)
+    cfg = setup_run(get_cfg_from_args(_args(tmp_path, opts=["hash.hash_bit=48"])), world_size=1)
     saved = OmegaConf.load(tmp_path / "out" / "config.yaml")
     assert saved.hash.hash_bit == 48
     assert saved.optim.lr == pytest.approx(cfg.optim.lr) and cfg.optim.lr > 0
