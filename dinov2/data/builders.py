@@ -25,14 +25,27 @@ logger = logging.getLogger("dinov2")
 DEMO_ROOT = "demo"
 
 
+def demo_data_root(cfg) -> str:
+    """Where the demo dataset of ``cfg``'s ``data.demo_*`` sizes lives: one folder per size in a per-user cache.
+
+    ``$SDSH_CACHE`` (else ``$XDG_CACHE_HOME/sdsh``, else ``~/.cache/sdsh``)``/demo_<classes>x<images>_<size>px``,
+    so that training, the retrieval and baselines tools and the index all reuse one copy.
+    """
+    cache = os.environ.get("SDSH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sdsh"
+    )
+    data = cfg.data
+    return os.path.join(cache, f"demo_{data.demo_classes}x{data.demo_images_per_class}_{data.demo_image_size}px")
+
+
 def resolve_data_root(cfg) -> str:
-    """``train.data_path``, or the demo dataset generated once under ``<output-dir>/demo_data`` for ``demo``."""
+    """``train.data_path``, or for ``demo`` the demo dataset, generated once (``demo_data_root``) and reused."""
     root = cfg.train.data_path
     if not root:
         raise ConfigError("train.data_path is empty: set it to a folder of class folders (or 'demo'), e.g. train.data_path=/data/AID")
     if root != DEMO_ROOT:
         return root
-    demo_root = os.path.join(cfg.train.output_dir, "demo_data")
+    demo_root = demo_data_root(cfg)
     if distributed.is_main_process():
         generate_demo_dataset(
             demo_root,

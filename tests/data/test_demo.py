@@ -116,3 +116,19 @@ def test_bad_parameters():
         generate_demo_dataset("/nonexistent/demo", num_classes=9)
     with pytest.raises(ValueError, match="images_per_class=0"):
         generate_demo_dataset("/nonexistent/demo", images_per_class=0)
+
+
+def test_the_demo_data_is_generated_once_and_shared_by_every_run(tmp_path, monkeypatch):
+    from dinov2.data.builders import resolve_data_root
+    from dinov2.utils.config import merge_config
+
+    monkeypatch.setenv("SDSH_CACHE", str(tmp_path / "cache"))
+    opts = ["train.data_path=demo", "data.demo_classes=2", "data.demo_images_per_class=2", "data.demo_image_size=16"]
+    first = merge_config(None, [*opts, f"train.output_dir={tmp_path / 'run_a'}"])
+    second = merge_config(None, [*opts, f"train.output_dir={tmp_path / 'run_b'}"])
+    root = resolve_data_root(first)
+    assert root == resolve_data_root(second) and root.startswith(str(tmp_path / "cache"))
+    assert len([name for name in os.listdir(root) if not name.startswith(".")]) == 2  # the two class folders
+    assert not (tmp_path / "run_a").exists() and not (tmp_path / "run_b").exists()
+    other = merge_config(None, [*opts[:-1], "data.demo_image_size=24"])
+    assert resolve_data_root(other) != root
