@@ -9,6 +9,7 @@ the key and both values. Reference SDSH teachers and public DINOv2 weights carry
 them the user's config is used as given.
 """
 
+import os
 from typing import Dict, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -81,7 +82,8 @@ def merge_config_for_weights(config_file: Optional[str], opts: Iterable[str], we
     """
     opts = list(opts or [])
     cfg = merge_config(config_file, opts)
-    stored = stored_config(weights) if weights else None
+    # A missing file is left to the start-up check (check_run_inputs), whose message says what to pass.
+    stored = stored_config(weights) if weights and os.path.isfile(weights) else None
     if stored is None:
         return cfg
     explicit = _explicit_keys(config_file, opts)
