@@ -9,9 +9,9 @@ Two groups, built differently on purpose:
   ``fractal`` (1/f^beta colour noise: beta 1 / 2.5), ``strokes`` (random line segments: sparse / dense).
   Each (family, sub-type) is one class folder, so the pretraining run can be evaluated too.
 - **``shapes``**, a fine-tuning family of object layouts: 6 classes, one per shape (disc, square,
-  triangle, cross, ring, bar), each image 1-3 instances of its class's shape at random places, sizes,
-  angles and colours on a smooth random background. The class is the geometry, never the colour, which
-  pixel baselines cannot read.
+  triangle, cross, ring, bar), each image 1-2 dark instances of its class's shape at random places,
+  sizes, angles and tints on a light, softly textured ground. The class is the geometry, never the
+  colour, which pixel baselines cannot read.
 
 ``build_family(name, root, seed)`` writes one folder per class (reused when complete) and returns its path.
 """
@@ -175,14 +175,16 @@ def shapes_images(rng: np.random.Generator, per_class: int = 50) -> Iterator[Sam
     yy, xx = _grid()
     for c, kind in enumerate(SHAPES):
         for _ in range(per_class):
-            ground = rng.random(3)
-            img = ground * (0.8 + 0.4 * _smooth(rng, int(rng.integers(2, 6)))[..., None])
-            for _ in range(int(rng.integers(1, 4))):
-                r = rng.uniform(0.1, 0.2)
+            # A light, softly textured ground and dark shapes: the class is the geometry (every class draws its
+            # tints, positions, sizes and angles alike).
+            ground = rng.uniform(0.6, 0.95) + rng.uniform(-0.08, 0.08, 3)
+            img = ground * (0.9 + 0.2 * _smooth(rng, int(rng.integers(2, 6)))[..., None])
+            for _ in range(int(rng.integers(1, 3))):
+                r = rng.uniform(0.17, 0.3)
                 cy, cx = rng.uniform(r, 1 - r, 2)
                 mask = _shape_mask(kind, yy, xx, cy, cx, r, rng.uniform(0, 2 * math.pi))[..., None]
-                colour = rng.random(3)
-                img = np.where(mask, colour, img)
+                ink = rng.uniform(0.05, 0.35) + rng.uniform(-0.08, 0.08, 3)
+                img = np.where(mask, ink, img)
             yield c, _to_image(img + rng.normal(0, 0.03, img.shape))
 
 
