@@ -3,7 +3,7 @@
 For every size, code length and data kind: build time, queries per second, memory and recall@k
 against the exact answer, for
 
-- BinaryIndex flat and BinaryIndex mih (dinov2.eval.index; exact, ties by id),
+- BinaryIndex flat and BinaryIndex mih (dinov2.search.index; exact, ties by id),
 - faiss IndexBinaryFlat (exact distances; may order ties differently),
 - faiss IndexBinaryMultiHash (approximate: probes buckets within ``nflip`` bits in each table).
 
@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from dinov2.eval.index import BinaryIndex, default_mih_tables
+from dinov2.search.index import BinaryIndex, default_mih_tables
 
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 

@@ -5,7 +5,7 @@ Data sets (database = first half of each class in file order, queries = the rest
   (``sklearn.datasets.load_digits``, 10 classes, 64 grey values each; nothing is downloaded). Skipped
   when scikit-learn is not installed (it is not a dependency of the project).
 - ``demo``: the generated demo data of ``configs/demo.yaml`` (6 classes x 40 images), as 16x16 RGB
-  pixels of the evaluation crop (the features of ``dinov2/eval/baselines.py --features pixels``), and,
+  pixels of the evaluation crop (the features of ``dinov2/eval/baselines --features pixels``), and,
   with ``--weights``, as the CLS token of that checkpoint's frozen backbone.
 
 For each set and code length: mAP@all of the project's ITQ (seed 0), of the independent ITQ below
@@ -25,12 +25,12 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from dinov2.eval.baselines import fit_baseline
+from dinov2.eval.baselines.tool import fit_baseline
 from dinov2.eval.hashing import mean_average_precision
 
 
 def independent_itq(db: np.ndarray, queries: np.ndarray, bits: int, iterations: int = 50, seed: int = 1):
-    """ITQ (Gong & Lazebnik) written separately from dinov2.eval.baselines, in torch.
+    """ITQ (Gong & Lazebnik) written separately from dinov2.eval.baselines.tool, in torch.
 
     PCA: right singular vectors of the centred database. Rotation: start from the Q of a QR of a
     Gaussian matrix; each iteration B = sign(V R), then SVD of B^T V = U S W^T and R = W U^T.
@@ -82,8 +82,8 @@ def digits_set():
 def demo_sets(output_dir: str, weights: str) -> Dict[str, tuple]:
     """Demo pixels (and backbone CLS with weights) through the baselines tool's own feature code."""
     from dinov2.data.builders import resolve_data_root
-    from dinov2.eval import baselines
-    from dinov2.eval.retrieval import make_dataset
+    from dinov2.eval.baselines import tool as baselines
+    from dinov2.eval.retrieval.tool import make_dataset
     from dinov2.utils.config import get_cfg_from_args
 
     args = argparse.Namespace(

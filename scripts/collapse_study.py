@@ -17,7 +17,7 @@ For each set it trains SDSH with ``configs/demo.yaml`` on the CPU (in this proce
 ``--`` are added to every run), then reports the best and the LAST evaluation (mAP with the stable
 tie-break and tie-aware), distinct database codes and the collapse verdict of the last teacher,
 random codes on the same split, and LSH and ITQ fitted on 16x16 pixels of the same split
-(``dinov2.eval.baselines``). It prints a table and writes ``collapse_study.json``::
+(``dinov2.eval.baselines.tool``). It prints a table and writes ``collapse_study.json``::
 
     python scripts/collapse_study.py --output-dir outputs/collapse_study
     python scripts/collapse_study.py --output-dir outputs/cs --sets gratings --iterations 300 -- optim.base_lr=0.002
@@ -38,9 +38,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from dinov2.eval import baselines  # noqa: E402
-from dinov2.eval.selection import UNIFORM_DINO_TARGETS  # noqa: E402
+from dinov2.eval.baselines import tool as baselines  # noqa: E402
 from dinov2.train import train as train_module  # noqa: E402
+from dinov2.train.selection import UNIFORM_DINO_TARGETS  # noqa: E402
 
 IMAGE_SIZE = 64
 PRESET = os.path.join(REPO_ROOT, "configs", "demo.yaml")

@@ -7,7 +7,7 @@ Inputs, in any number and order:
   queries); without a summary (a run still going on), the best line of ``eval/retrieval_metrics.jsonl``.
   ``--run-value last`` takes the last evaluation instead. A finished run also gives a ``random codes``
   cell: the chance level of ``eval/summary.json`` (random +-1 codes of that length on the same split).
-- a ``baselines.json`` written by ``dinov2/eval/baselines.py`` (or the directory holding it): one row
+- a ``baselines.json`` written by ``dinov2/eval/baselines`` (or the directory holding it): one row
   per method and features, e.g. ``ITQ (pixels)``.
 Prefix an input with ``LABEL=`` to name its row(s): ``"SDSH w/o AWP=runs/ablation"``.
 

@@ -2,7 +2,7 @@
 
 - Imports point down: nothing under the library sub-packages imports the entry points
   (``dinov2.train``, ``dinov2.run``).
-- One checkpoint reader: ``torch.load(`` appears in dinov2/utils/checkpoint.py only.
+- One checkpoint reader: ``torch.load(`` appears in dinov2/checkpoint/io.py only.
 - Small modules: every module of dinov2/ has at most 500 lines, the trainer at most 400.
 """
 
@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dinov2"
 LIBRARY = ("eval", "data", "models", "layers", "loss", "utils", "fsdp", "distributed", "logging")
 ENTRY_POINTS = ("dinov2.train", "dinov2.run")
-CHECKPOINT_MODULE = PACKAGE / "utils" / "checkpoint.py"
+CHECKPOINT_MODULE = PACKAGE / "checkpoint" / "io.py"
 MAX_LINES = 500
 MAX_TRAINER_LINES = 400
 
@@ -67,7 +67,7 @@ def test_the_import_scan_catches_every_spelling_of_an_upward_import(source):
 
 
 def test_the_import_scan_lets_downward_imports_pass():
-    source = "import torch\nfrom dinov2.utils.checkpoint import load_torch_file\nfrom . import hashing\nfrom .metrics import x"
+    source = "import torch\nfrom dinov2.checkpoint import load_torch_file\nfrom . import hashing\nfrom .metrics import x"
     assert not [n for _, n in _imported_modules(source, "dinov2.eval.module") if _is_entry_point(n)]
 
 
@@ -90,7 +90,7 @@ def test_torch_load_appears_only_in_the_checkpoint_module():
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if "torch.load(" in line
     ]
-    assert not sites, "torch.load( outside dinov2/utils/checkpoint.py: " + ", ".join(sites)
+    assert not sites, "torch.load( outside dinov2/checkpoint/io.py: " + ", ".join(sites)
     assert "torch.load(" in CHECKPOINT_MODULE.read_text()
 
 

@@ -81,8 +81,14 @@ def make_eval_dataset(cfg, root: str, split: str) -> SplitImageDataset:
         split: ``train`` (the database), ``query`` or ``val``.
     """
     transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
-    # The transform first resizes the shorter side to this size: caching at it changes nothing.
-    return open_dataset(cfg, root, split, transform, transform.transforms[0].size)
+    try:
+        # The transform first resizes the shorter side to this size: caching at it changes nothing.
+        return open_dataset(cfg, root, split, transform, transform.transforms[0].size)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        # e.g. a train_ratio that leaves a class without database or query images
+        raise ConfigError(f"dataset '{root}', split {split}: {exc}") from None
 
 
 def usable_cpus() -> int:

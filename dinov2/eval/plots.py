@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dinov2.checkpoint import atomic_path
 from dinov2.logging import read_jsonl
-from dinov2.utils.checkpoint import atomic_path
 
 logger = logging.getLogger("dinov2")
 

@@ -12,9 +12,9 @@ from typing import Optional
 
 from dinov2 import distributed
 
-from .helpers import MetricLogger, SmoothedValue, read_jsonl
+from .helpers import MetricLogger, SmoothedValue, drop_records_from, read_jsonl
 
-__all__ = ["MetricLogger", "SmoothedValue", "read_jsonl", "setup_logging"]
+__all__ = ["MetricLogger", "SmoothedValue", "drop_records_from", "read_jsonl", "setup_logging"]
 
 _FORMAT = "%(levelname).1s%(asctime)s %(process)s %(name)s %(filename)s:%(lineno)s] %(message)s"
 _DATE_FORMAT = "%Y%m%d %H:%M:%S"

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional
 import torch
 
 from dinov2 import distributed
+from dinov2.checkpoint import CheckpointError, atomic_write_text
 
 logger = logging.getLogger("dinov2")
 
@@ -117,7 +118,7 @@ class MetricLogger:
         record.update({name: meter.median for name, meter in self.meters.items()})
         # One whole line per append, flushed to the OS when the file closes: a killed process leaves
         # complete lines. Not fsynced (once per logged iteration would cost too much); a line cut off
-        # by a power loss is dropped when the run resumes (dinov2.utils.checkpoint.drop_records_from).
+        # by a power loss is dropped when the run resumes (dinov2.checkpoint.drop_records_from).
         with open(self.output_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -204,3 +205,40 @@ def read_jsonl(path: str) -> List[dict]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+def drop_records_from(path: str, iteration: int) -> int:
+    """Remove the training records of ``iteration`` and later from a JSON-lines file, atomically.
+
+    A run resumed from the checkpoint of iteration ``iteration - 1`` writes these records again;
+    without this, an interrupted run's records past its last checkpoint would appear twice. A
+    final line cut short by a kill is dropped too. Records marked ``eval_only`` are kept: they
+    describe a given checkpoint, not this run's progress.
+
+    Args:
+        path: the JSON-lines file (nothing happens when it does not exist).
+        iteration: first iteration whose records are removed.
+    Returns:
+        The number of lines removed.
+    """
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = []
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines) - 1:
+                continue
+            raise CheckpointError(f"{path}, line {number + 1}: not a JSON record ({line[:80]!r})") from None
+        if isinstance(record, dict) and not record.get("eval_only") and record.get("iteration", -1) >= iteration:
+            continue
+        kept.append(line)
+    removed = len([line for line in lines if line.strip()]) - len(kept)
+    if removed:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return removed

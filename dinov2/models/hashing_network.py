@@ -1,22 +1,30 @@
 """Inference network: backbone + hash head, giving continuous codes ``u`` for global-size images.
 
 ``build_hashing_network(cfg, weights)`` accepts the checkpoint formats of
-``dinov2.models.checkpoint_formats``: this project's training and teacher checkpoints, a
+``dinov2.checkpoint``: this project's training and teacher checkpoints, a
 ``teacher_checkpoint.pth`` written by the reference SDSH code, or a bare DINOv2 backbone.
 """
 
 import logging
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from dinov2.checkpoint import (
+    CheckpointFormatError,
+    load_hashing_state_dict,
+    load_pretrained_weights,
+    read_checkpoint,
+    read_hashing_checkpoint,
+)
 from dinov2.layers.hash_head import HashHead
-from dinov2.layers.pos_embed import resize_pos_embed
-from dinov2.models.checkpoint_formats import CheckpointFormatError, read_hashing_checkpoint
-from dinov2.utils.config import ConfigError
+from dinov2.utils.config import ConfigError, fix_random_seeds
 
 logger = logging.getLogger("dinov2")
+
+# The config sections that decide the network, hence the codes (fingerprints of stored codes use them).
+NETWORK_CONFIG_SECTIONS = ("student", "hash", "crops")
 
 
 def num_patches(crop_size: int, patch_size: int, key: str) -> int:
@@ -63,46 +71,12 @@ class HashingNetwork(nn.Module):
         return self.hash_head(out["x_norm_clstoken"], out["x_norm_patchtokens"], view="global")["codes"]
 
 
-def load_hashing_state_dict(model: HashingNetwork, state_dict: dict, source: str) -> None:
-    """Load a ``backbone.*``/``hash_head.*`` state dict into ``model``; every tensor must land.
-
-    ``pos_embed`` is resized (bicubic) when the checkpoint was built for another image size.
-    Any missing, unexpected or mis-shaped key is an error naming it, since a partial load would
-    silently produce other codes than the checkpoint's model.
-    """
-    target = model.state_dict()
-    state_dict = dict(state_dict)
-    key = "backbone.pos_embed"
-    if key in state_dict and key in target and state_dict[key].shape != target[key].shape:
-        # pos_embed holds the class token then the patch grid (register tokens have no position).
-        side = int(round((target[key].shape[1] - 1) ** 0.5))
-        logger.info(f"{source}: resizing {key} {tuple(state_dict[key].shape)} -> {tuple(target[key].shape)}")
-        state_dict[key] = resize_pos_embed(state_dict[key], (side, side), num_prefix_tokens=1)
-    missing = sorted(set(target) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(target))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in sorted(set(target) & set(state_dict))
-        if tuple(state_dict[k].shape) != tuple(target[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append("shape mismatch: " + "; ".join(mismatched[:10]))
-        if missing:
-            parts.append("missing keys: " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
-        if unexpected:
-            parts.append("unexpected keys: " + ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else ""))
-        raise CheckpointFormatError(f"{source} does not match the configured network ({'; '.join(parts)})")
-    model.load_state_dict(state_dict, strict=True)
-
-
 def build_hashing_network(cfg, weights: Optional[str] = None) -> HashingNetwork:
     """Build the teacher's backbone and hash head from ``cfg`` and load ``weights``.
 
     Args:
         cfg: the merged configuration.
-        weights: path of a checkpoint (see ``dinov2.models.checkpoint_formats``), or None for
+        weights: path of a checkpoint (see ``dinov2.checkpoint``), or None for
             random weights (the backbone then gets ``student.pretrained_weights`` if set).
     Returns:
         A HashingNetwork in eval mode on the CPU.
@@ -110,7 +84,6 @@ def build_hashing_network(cfg, weights: Optional[str] = None) -> HashingNetwork:
         CheckpointFormatError: unreadable file or a layout that does not match the config.
     """
     from dinov2.models import build_model_from_cfg
-    from dinov2.utils.utils import load_pretrained_weights
 
     backbone, embed_dim = build_model_from_cfg(cfg, only_teacher=True)
     model = HashingNetwork(backbone, build_hash_head(cfg, embed_dim))
@@ -125,3 +98,30 @@ def build_hashing_network(cfg, weights: Optional[str] = None) -> HashingNetwork:
     elif cfg.student.pretrained_weights:
         load_pretrained_weights(model.backbone, cfg.student.pretrained_weights, None)
     return model.eval()
+
+
+def load_hashing_network(cfg, weights: str, device: torch.device) -> Tuple[HashingNetwork, str]:
+    """The teacher's backbone and hash head with ``weights`` loaded, in eval mode on ``device``.
+
+    Random weights (``weights`` empty) are reproducible: the modules are initialised right after
+    seeding with ``train.seed``.
+
+    Returns:
+        (network, checkpoint format name; ``random`` without weights).
+    Raises:
+        CheckpointFormatError: unreadable file or a layout that does not match the config.
+        ConfigError: the config's network cannot be built with these weights.
+    """
+    fmt = "random"
+    if weights:
+        fmt = read_checkpoint(weights)["format"]
+    fix_random_seeds(cfg.train.seed)
+    try:
+        network = build_hashing_network(cfg, weights or None)
+    except (CheckpointFormatError, ConfigError):
+        raise
+    except (ValueError, RuntimeError) as exc:
+        # e.g. an unknown student.arch or pretrained weights of another architecture
+        source = weights or cfg.student.pretrained_weights or "random weights"
+        raise ConfigError(f"cannot build the network of the config with {source}: {exc}") from None
+    return network.to(device).eval(), fmt

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dinov2 import distributed
+from dinov2.checkpoint import load_pretrained_weights
 from dinov2.fsdp import free_if_fsdp, get_fsdp_modules, get_fsdp_wrapper, is_fsdp
 from dinov2.layers import DINOHead
 from dinov2.loss import (
@@ -27,7 +28,6 @@ from dinov2.models import build_model_from_cfg
 from dinov2.models.hashing_network import build_hash_head
 from dinov2.utils.config import ConfigError, validate_config
 from dinov2.utils.param_groups import fuse_params_groups, get_params_groups_with_decay
-from dinov2.utils.utils import load_pretrained_weights
 
 logger = logging.getLogger("dinov2")
 

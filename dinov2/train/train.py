@@ -35,17 +35,16 @@ import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
+from dinov2.checkpoint import AtomicPeriodicCheckpointer, CheckpointError, FSDPCheckpointer, save_teacher_checkpoint
 from dinov2.data import ImageLoadError
 from dinov2.data.builders import build_train_loader, is_labeled, resolve_data_root
 from dinov2.distributed.devices import select_device, use_fsdp
-from dinov2.eval.evaluator import RetrievalEvaluator, save_teacher_checkpoint
-from dinov2.eval.selection import UNIFORM_DINO_TARGETS, do_eval_only, evaluate_and_keep_best, finish
-from dinov2.fsdp.checkpointer import AtomicPeriodicCheckpointer, FSDPCheckpointer
-from dinov2.logging import MetricLogger, SmoothedValue, setup_logging
+from dinov2.logging import MetricLogger, SmoothedValue, drop_records_from, setup_logging
+from dinov2.train.evaluator import RetrievalEvaluator
 from dinov2.train.optim import apply_optim_scheduler, build_optimizer, build_schedulers
+from dinov2.train.selection import UNIFORM_DINO_TARGETS, do_eval_only, evaluate_and_keep_best, finish
 from dinov2.train.setup import NonFiniteGradientError, TrainingSetup
 from dinov2.train.ssl_meta_arch import NonFiniteLossError
-from dinov2.utils.checkpoint import CheckpointError, drop_records_from
 from dinov2.utils.config import ConfigError, check_resume_config, get_cfg_from_args, has_resume_state, setup
 from dinov2.utils.validation import check_run_inputs
 
@@ -352,7 +351,7 @@ def main(args) -> Dict[str, Any]:
         logger.warning(
             f"train.data_path={cfg.train.data_path} (data.source={cfg.data.source}) has no labels: training without "
             "retrieval evaluation; the teacher is written to eval/last/teacher_checkpoint.pth at every "
-            "evaluation.eval_period_iterations and at the end (index it with dinov2/eval/index.py)"
+            "evaluation.eval_period_iterations and at the end (index it with dinov2/search)"
         )
 
     if args.eval_only:

@@ -17,9 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from dinov2.checkpoint import atomic_write_text
 from dinov2.configs import dinov2_default_config
 from dinov2.layers.hash_head import POOLINGS
-from dinov2.utils.checkpoint import atomic_write_text
 
 logger = logging.getLogger("dinov2")
 

@@ -6,7 +6,7 @@ so with or without loader workers a resumed run ends with the same weights as a 
 interrupted.
 
 States are stored as tensors, integers and lists only, so checkpoints stay loadable with
-``weights_only`` loading (``dinov2.utils.checkpoint.load_torch_file``).
+``weights_only`` loading (``dinov2.checkpoint.load_torch_file``).
 """
 
 import logging

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinov2.eval import hashing, hashing_kernels
+from dinov2.eval import hashing
 from dinov2.eval.hashing import (
     binarize,
     hamming_distance,
@@ -20,6 +20,7 @@ from dinov2.eval.hashing import (
     tie_aware_mean_average_precision,
     unpack_codes,
 )
+from dinov2.eval.hashing import kernels as hashing_kernels
 
 TOL = 1e-9
 

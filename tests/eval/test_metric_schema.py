@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from dinov2.eval import retrieval
 from dinov2.eval.hashing import (
     code_collapse_stats,
     mean_average_precision,
@@ -21,6 +20,7 @@ from dinov2.eval.hashing import (
 )
 from dinov2.eval.hashing.collapse import COLLAPSE_KEYS
 from dinov2.eval.metrics import evaluate_codes, retrieval_metrics, selection_value
+from dinov2.eval.retrieval import tool as retrieval
 from dinov2.logging import read_jsonl
 from dinov2.models import vision_transformer as vits
 from dinov2.train import train as train_module

@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov2.models import build_hashing_network
-from dinov2.models import vision_transformer as vits
-from dinov2.models.checkpoint_formats import (
+from dinov2.checkpoint import (
     CheckpointFormatError,
     convert_sdsh_reference_state_dict,
     detect_format,
 )
+from dinov2.models import build_hashing_network
+from dinov2.models import vision_transformer as vits
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import merge_config
 

@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
+from dinov2.checkpoint import CheckpointError
 from dinov2.loss import DINOLoss
 from dinov2.models import vision_transformer as vits
 from dinov2.train import train as train_module
 from dinov2.train.ssl_meta_arch import SSLMetaArch
-from dinov2.utils.checkpoint import CheckpointError
 
 from ..conftest import TINY_ARCH, make_args, tiny_vit
 

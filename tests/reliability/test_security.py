@@ -13,13 +13,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dinov2.fsdp.checkpointer import FSDPCheckpointer
+from dinov2.checkpoint import CheckpointError, CheckpointFormatError, FSDPCheckpointer, load_pretrained_weights
 from dinov2.models import build_hashing_network
-from dinov2.models.checkpoint_formats import CheckpointFormatError
 from dinov2.train import train as train_module
-from dinov2.utils.checkpoint import CheckpointError
 from dinov2.utils.config import merge_config
-from dinov2.utils.utils import load_pretrained_weights
 
 from ..conftest import TINY_OPTS, free_port, make_args, tiny_vit
 from .conftest import REPO_ROOT
@@ -131,7 +128,7 @@ def test_every_torch_load_uses_weights_only_true():
                 assert isinstance(flag, ast.Constant) and flag.value is True, f"{where}: torch.load without weights_only=True"
                 found.append(where)
     # Every reader (pretrained weights, checkpoint formats, resume, eval-only) goes through the one in the I/O module.
-    assert len(found) == 1 and found[0].startswith("dinov2/utils/checkpoint.py:"), found
+    assert len(found) == 1 and found[0].startswith("dinov2/checkpoint/io.py:"), found
 
 
 def test_no_shell_commands_or_code_execution_in_the_package():

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from dinov2.eval import evaluator as evaluator_module
+from dinov2.train import evaluator as evaluator_module
 from dinov2.train import train as train_module
 
 from ..conftest import make_args

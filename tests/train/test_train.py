@@ -15,11 +15,11 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
+from dinov2.checkpoint import CheckpointError
 from dinov2.loss import HashQuantizationLoss
 from dinov2.models import build_hashing_network
 from dinov2.models import vision_transformer as vits
 from dinov2.train import train as train_module
-from dinov2.utils.checkpoint import CheckpointError
 from dinov2.utils.config import ConfigError, merge_config
 
 from ..conftest import TINY_ARCH, TINY_OPTS, export_torchrun_env, free_port, make_args, tiny_vit

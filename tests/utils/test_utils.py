@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinov2.checkpoint import load_pretrained_weights
 from dinov2.models.vision_transformer import DinoVisionTransformer, vit_small
-from dinov2.utils.utils import CosineScheduler, has_batchnorms, load_pretrained_weights
+from dinov2.utils.utils import CosineScheduler, has_batchnorms
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VITS14_KEYS = FIXTURES / "dinov2_vits14_keys.json"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from dinov2.eval import baselines, retrieval
+from dinov2.eval.baselines import tool as baselines
+from dinov2.eval.retrieval import tool as retrieval
 from dinov2.run.train import train as launcher
 from dinov2.utils.config import ConfigError, merge_config
 from dinov2.utils.validation import check_run_inputs

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dinov2 import distributed
-from dinov2.utils.checkpoint import atomic_write_text
+from dinov2.checkpoint import atomic_write_text
 
 from .decoders import PathLike, load_image_rgb
 

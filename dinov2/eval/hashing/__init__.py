@@ -18,7 +18,8 @@ distances are +-1 matmuls and the sort is ``torch.sort(stable=True)``. Both give
 integers, so every metric is one implementation on top of them.
 
 Modules, by concept:
-- ``codes``: input checks, ``binarize``, ``pack_codes`` / ``unpack_codes``;
+- ``codes``: input checks, ``binarize``, ``pack_codes`` / ``pack_codes_padded`` / ``unpack_codes``;
+- ``kernels``: the fused numba kernel of the per-query average precision (optional numba);
 - ``backends``: the numpy and torch array primitives and the chunked, threaded query loop;
 - ``distances``: exact Hamming distances and the stable top-k search (``hamming_topk``);
 - ``ranking``: mAP and precision@k of the ranking;
@@ -28,7 +29,7 @@ Modules, by concept:
   bits, bit entropy) and the collapse verdict.
 """
 
-from .codes import binarize, pack_codes, unpack_codes
+from .codes import binarize, pack_codes, pack_codes_padded, unpack_codes
 from .collapse import code_collapse_stats, collapse_verdict
 from .distance_counts import precision_recall_curve, precision_within_radius, tie_aware_mean_average_precision
 from .distances import hamming_distance, hamming_topk
@@ -42,6 +43,7 @@ __all__ = [
     "hamming_topk",
     "mean_average_precision",
     "pack_codes",
+    "pack_codes_padded",
     "precision_at_k",
     "precision_recall_curve",
     "precision_within_radius",

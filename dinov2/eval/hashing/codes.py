@@ -142,3 +142,15 @@ def unpack_codes(packed: ArrayLike, nbits: Optional[int] = None) -> np.ndarray:
         raise ValueError(f"nbits must be in [1, {total}] for {p.shape[1]} bytes per code, got {nbits}")
     bits = np.unpackbits(p, axis=1, count=nbits, bitorder="little")
     return (bits.astype(np.int8) * 2 - 1).astype(np.int8)
+
+
+def pack_codes_padded(codes: np.ndarray) -> np.ndarray:
+    """Pack +-1 codes [N, K] of any length K into bytes [N, ceil(K/8)].
+
+    The last byte is padded with -1 (unset) bits, identical in every code, so padding adds no
+    Hamming distance.
+    """
+    padding = -codes.shape[1] % 8
+    if padding:
+        codes = np.concatenate([codes, -np.ones((codes.shape[0], padding), dtype=codes.dtype)], axis=1)
+    return pack_codes(codes)

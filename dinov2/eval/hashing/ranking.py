@@ -10,7 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from dinov2.eval import hashing_kernels
+from dinov2.eval.hashing import kernels as hashing_kernels
 
 from . import distances
 from .backends import _BLOCK_ELEMENTS, NUMPY_OPS, _chunks, _map_chunks

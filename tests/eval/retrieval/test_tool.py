@@ -1,4 +1,4 @@
-"""Tests of dinov2/eval/retrieval.py: the command-line tool run in-process on a tiny model and dataset.
+"""Tests of dinov2/eval/retrieval: the command-line tool run in-process on a tiny model and dataset.
 
 A width-32, depth-1 ViT (patch 7, global crop 28, 16-bit codes) is saved as an SSLMetaArch teacher
 checkpoint; the dataset is the generated demo set with 3 classes x 8 images of 32 px (12 database
@@ -17,15 +17,22 @@ import torch
 import torch.multiprocessing as mp
 
 from dinov2.data import ClassFolderDataset, generate_demo_dataset, make_classification_eval_transform
-from dinov2.eval import retrieval
 from dinov2.eval.encode import extract_codes
-from dinov2.eval.hashing import binarize, hamming_topk, mean_average_precision, precision_at_k, unpack_codes
+from dinov2.eval.hashing import (
+    binarize,
+    hamming_topk,
+    mean_average_precision,
+    pack_codes_padded,
+    precision_at_k,
+    unpack_codes,
+)
+from dinov2.eval.retrieval import tool as retrieval
 from dinov2.models import build_hashing_network
 from dinov2.models import vision_transformer as vits
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.utils.config import merge_config
 
-from ..conftest import export_torchrun_env, free_port
+from ...conftest import export_torchrun_env, free_port
 
 TINY_ARCH = "vit_retrieval_test"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -289,7 +296,7 @@ def test_help_lists_the_options_and_examples(capsys):
     out = capsys.readouterr().out
     for option in ("--weights", "--random-weights", "--query", "--topk", "--batch-size", "--device", "--no-plots"):
         assert option in out
-    assert "examples:" in out and "dinov2/eval/retrieval.py" in out
+    assert "examples:" in out and "python -m dinov2.eval.retrieval" in out
 
 
 def test_without_faiss_the_index_is_skipped_with_a_note(tmp_path, monkeypatch):
@@ -324,11 +331,11 @@ def test_two_processes_give_the_codes_and_metrics_of_one(setting, tmp_path):
 def test_codes_of_any_length_are_packed_for_faiss_without_changing_distances(tmp_path):
     rng = np.random.default_rng(0)
     d, q = rng.choice([-1, 1], size=(9, 12)).astype(np.int8), rng.choice([-1, 1], size=(4, 12)).astype(np.int8)
-    packed = retrieval._pack(d)
+    packed = pack_codes_padded(d)
     assert packed.shape == (9, 2)
     np.testing.assert_array_equal(unpack_codes(packed, 12), d)
     path, _ = retrieval.write_faiss_index(str(tmp_path / "db.faissindex"), packed, 12)
-    distances, indices = faiss.read_index_binary(path).search(retrieval._pack(q), 9)
+    distances, indices = faiss.read_index_binary(path).search(pack_codes_padded(q), 9)
     brute = (q[:, None, :] != d[None, :, :]).sum(-1)  # [4, 9] Hamming distances
     np.testing.assert_array_equal(distances, np.take_along_axis(brute, indices, 1))
     np.testing.assert_array_equal(np.sort(brute, 1), distances)

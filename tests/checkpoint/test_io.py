@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from dinov2.utils.checkpoint import (
+from dinov2.checkpoint import (
     CheckpointError,
     CheckpointFormatError,
     CheckpointNotFoundError,

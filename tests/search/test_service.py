@@ -1,7 +1,7 @@
-"""Tests of the archive search service (dinov2/eval/index_service.py) over real HTTP on 127.0.0.1.
+"""Tests of the archive search service (dinov2/search/service.py) over real HTTP on 127.0.0.1.
 
 The server runs in a thread on a free port, over the index of tests/eval/conftest.py; one test starts
-``python dinov2/eval/index.py serve --port 0`` as a subprocess. Requests go through http.client, which
+``python -m dinov2.search serve --port 0`` as a subprocess. Requests go through http.client, which
 sends the request target as written (no ``..`` normalisation), so traversal attempts reach the server.
 """
 
@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinov2.eval.index_archive import ArchiveSearcher
-from dinov2.eval.index_service import MAX_K, is_loopback, make_server
+from dinov2.search.archive import ArchiveSearcher
+from dinov2.search.service import MAX_K, is_loopback, make_server
 
 from ..reliability.conftest import PYTHON, REPO_ROOT, subprocess_env
 from .conftest import reference_packed_codes
 
-INDEX_SCRIPT = os.path.join(REPO_ROOT, "dinov2", "eval", "index.py")
+# The command line as users run it: python -m dinov2.search
+INDEX_COMMAND = ["-m", "dinov2.search"]
 
 
 @pytest.fixture(scope="module")
@@ -245,9 +246,9 @@ def test_loopback_hosts_and_the_warning_for_others(searcher, caplog):
 
 
 def test_the_serve_command_prints_its_port_and_answers(archive):
-    """``python dinov2/eval/index.py serve --port 0`` picks a free port, prints it and serves on 127.0.0.1."""
+    """``python -m dinov2.search serve --port 0`` picks a free port, prints it and serves on 127.0.0.1."""
     proc = subprocess.Popen(
-        [PYTHON, INDEX_SCRIPT, "serve", "--index", str(archive["index"]), "--port", "0", "--device", "cpu"],
+        [PYTHON, *INDEX_COMMAND, "serve", "--index", str(archive["index"]), "--port", "0", "--device", "cpu"],
         env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -79,7 +79,7 @@ def reference_packed_codes(weights, images) -> np.ndarray:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """An image folder, a teacher checkpoint and an index directory built from them by the CLI."""
-    from dinov2.eval import index_cli
+    from dinov2.search import cli as index_cli
 
     base = tmp_path_factory.mktemp("archive")
     images = generate_demo_dataset(base / "images", num_classes=3, images_per_class=4, image_size=32)

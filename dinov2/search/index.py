@@ -5,7 +5,7 @@ the lowest bit, as faiss) and answers ``search(queries, k)`` with the first k co
 (Hamming distance, id): exact, ties broken by id. Two search modes return the same result:
 
 - ``flat``: a linear scan (numba popcount over 64-bit words, per-distance buckets instead of a
-  sort, see ``dinov2.eval.index_kernels``).
+  sort, see ``dinov2.search.kernels``).
 - ``mih``: multi-index hashing (Norouzi et al., TPAMI 2014): m substring tables probed at a radius
   grown until the k nearest are certain; sublinear on codes that are not uniformly random.
 - ``auto`` (default): ``flat`` below ``auto_threshold`` codes. From there on, the first search
@@ -47,8 +47,8 @@ from typing import Optional
 
 import numpy as np
 
-from dinov2.eval import index_kernels
-from dinov2.utils.checkpoint import atomic_path
+from dinov2.checkpoint import atomic_path
+from dinov2.search import kernels as index_kernels
 
 MAGIC = b"SDSHBIX\0"
 FORMAT_VERSION = 1
@@ -352,10 +352,3 @@ class BinaryIndex:
         index._n = int(count)
         return index
 
-
-if __name__ == "__main__":
-    import sys
-
-    from dinov2.eval.index_cli import main
-
-    sys.exit(main())

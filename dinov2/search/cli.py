@@ -1,7 +1,7 @@
 """Command line of the archive index: ``build`` an index of an image folder, ``search`` it, ``serve`` it.
 
-Run as ``python dinov2/eval/index.py <command> ...``; the layout of the index directory is described in
-``dinov2.eval.index_archive``, the HTTP service in ``dinov2.eval.index_service``.
+Run as ``python -m dinov2.search <command> ...``; the layout of the index directory is described in
+``dinov2.search.archive``, the HTTP service in ``dinov2.search.service``.
 """
 
 import argparse
@@ -17,10 +17,13 @@ from omegaconf import OmegaConf
 from torch.utils.data import Subset
 
 from dinov2 import distributed
+from dinov2.checkpoint import CheckpointError, atomic_write_text, weights_identity
 from dinov2.data import ImageLoadError, make_classification_eval_transform
 from dinov2.data.datasets import SOURCES, load_image_rgb
 from dinov2.distributed.devices import select_device
-from dinov2.eval.index_archive import (
+from dinov2.logging import setup_logging
+from dinov2.models.hashing_network import load_hashing_network
+from dinov2.search.archive import (
     CHUNKS_DIR,
     DEFAULT_CHUNK_SIZE,
     FILES_FILE,
@@ -39,9 +42,6 @@ from dinov2.eval.index_archive import (
     open_images,
     write_chunk,
 )
-from dinov2.eval.retrieval import RetrievalError, build_network, weights_identity
-from dinov2.logging import setup_logging
-from dinov2.utils.checkpoint import CheckpointError, atomic_write_text
 from dinov2.utils.config import ConfigError, merge_config
 from dinov2.utils.validation import check_run_inputs
 
@@ -52,21 +52,21 @@ DEFAULT_MAX_UPLOAD_MB = 16.0
 
 _EXAMPLES = """examples:
   # encode every image of a class-folder tree with a trained teacher (resumable: run it again after a stop)
-  python dinov2/eval/index.py build --config-file configs/aid_64bit.yaml \\
+  python -m dinov2.search build --config-file configs/aid_64bit.yaml \\
       --weights runs/aid64/eval/best/teacher_checkpoint.pth --images /data/AID --output-dir indexes/aid
 
   # an image list (CSV "path,label1;label2", paths relative to the list) or an unlabeled folder tree
-  python dinov2/eval/index.py build --weights teacher_checkpoint.pth --images /data/tiles.csv --output-dir indexes/tiles
+  python -m dinov2.search build --weights teacher_checkpoint.pth --images /data/tiles.csv --output-dir indexes/tiles
 
   # the same on 4 GPUs: each process encodes its own chunks, the first merges them
-  torchrun --nproc_per_node 4 dinov2/eval/index.py build --config-file configs/aid_64bit.yaml \\
+  torchrun --nproc_per_node 4 -m dinov2.search build --config-file configs/aid_64bit.yaml \\
       --weights teacher_checkpoint.pth --images /data/AID --output-dir indexes/aid
 
   # the 10 nearest indexed images of one image (with the weights recorded in the index)
-  python dinov2/eval/index.py search --index indexes/aid --image query.jpg -k 10
+  python -m dinov2.search search --index indexes/aid --image query.jpg -k 10
 
   # a web page and a JSON API on http://127.0.0.1:8000/
-  python dinov2/eval/index.py serve --index indexes/aid --port 8000
+  python -m dinov2.search serve --index indexes/aid --port 8000
 
 Exit status: 0 on success, 2 on bad input (the message names the file, option or key).
 """
@@ -75,7 +75,7 @@ Exit status: 0 on success, 2 on bad input (the message names the file, option or
 def get_args_parser() -> argparse.ArgumentParser:
     """Options of ``build``, ``search`` and ``serve``."""
     parser = argparse.ArgumentParser(
-        "python dinov2/eval/index.py",
+        "python -m dinov2.search",
         description="Index an image archive with an SDSH teacher and search it by image (exact Hamming k-NN).",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -200,7 +200,7 @@ def run_build(args) -> Optional[Dict[str, Any]]:
             f"{out} holds an index built with other settings (differing: {what}); pass --overwrite to replace it, "
             "or choose another --output-dir"
         )
-    network, fmt = build_network(cfg, args.weights, device)  # checks the weights against the config
+    network, fmt = load_hashing_network(cfg, args.weights, device)  # checks the weights against the config
 
     rank, world = distributed.get_global_rank(), distributed.get_global_size()
     ranges = chunk_ranges(len(dataset), args.chunk_size)
@@ -290,7 +290,7 @@ def run_search(args, out: Optional[TextIO] = None) -> List[Dict[str, Any]]:
 
 
 def run_serve(args) -> None:
-    from dinov2.eval.index_service import serve
+    from dinov2.search.service import serve
 
     if args.max_upload_mb <= 0:
         raise ArchiveError(f"--max-upload-mb={args.max_upload_mb} must be positive")
@@ -326,8 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run_serve(args)
     except (
         ArchiveError,
-        RetrievalError,
-        ConfigError,
+                ConfigError,
         CheckpointError,
         ImageLoadError,
         FileNotFoundError,

@@ -1,4 +1,4 @@
-"""Tests of the baselines command line (dinov2/eval/baselines.py) and of scripts/results_table.py.
+"""Tests of the baselines command line (dinov2/eval/baselines) and of scripts/results_table.py.
 
 A 4-iteration training run of the tiny ViT on the tiny generated demo set (3 classes x 8 images of
 32 px, 12 database images and 12 queries) provides a teacher checkpoint and a run directory; the
@@ -17,16 +17,16 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from dinov2.data import make_classification_eval_transform
-from dinov2.eval import baselines
-from dinov2.eval.baselines import METHODS, fit_baseline, make_pixel_transform
+from dinov2.eval.baselines import tool as baselines
+from dinov2.eval.baselines.tool import METHODS, fit_baseline, make_pixel_transform
 from dinov2.eval.hashing import mean_average_precision
 from dinov2.models import build_hashing_network
 from dinov2.models import vision_transformer as vits
 from dinov2.train import train as train_module
 
-from ..conftest import TINY_ARCH, TINY_OPTS, make_args, tiny_vit
+from ...conftest import TINY_ARCH, TINY_OPTS, make_args, tiny_vit
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 EMBED_DIM = 32  # of tiny_vit
 # The config key of the dataset root, as the shared tiny options spell it (their value is "demo").
 ROOT_KEY = next(opt.split("=", 1)[0] for opt in TINY_OPTS if opt.endswith("=demo"))

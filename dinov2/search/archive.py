@@ -1,6 +1,6 @@
 """A searchable archive: a folder of images encoded by a teacher into a ``BinaryIndex``, on disk.
 
-Layout of an index directory (``python dinov2/eval/index.py build`` writes it)::
+Layout of an index directory (``python -m dinov2.search build`` writes it)::
 
     fingerprint.json  what the codes depend on (weights file, model config, image list, chunk size)
     chunks/chunk_<i>.npy  packed codes uint8 [n_i, ceil(K/8)] of images i*chunk_size .. , one file each
@@ -24,15 +24,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from dinov2.checkpoint import atomic_path, atomic_write_text, weights_identity
 from dinov2.data import make_classification_eval_transform
 from dinov2.data.datasets import open_image_source
 from dinov2.distributed.devices import select_device
 from dinov2.eval.encode import extract_codes
-from dinov2.eval.hashing import binarize
-from dinov2.eval.index import BinaryIndex, IndexFormatError
-from dinov2.eval.retrieval import _FINGERPRINT_SECTIONS, build_network, weights_identity
-from dinov2.eval.retrieval_outputs import _pack, relative_files
-from dinov2.utils.checkpoint import atomic_path, atomic_write_text
+from dinov2.eval.hashing import binarize, pack_codes_padded
+from dinov2.models.hashing_network import NETWORK_CONFIG_SECTIONS, load_hashing_network
+from dinov2.search.index import BinaryIndex, IndexFormatError
 
 FORMAT_NAME = "sdsh-archive-index"
 FORMAT_VERSION = 1
@@ -107,7 +106,7 @@ def check_images_readable(paths: Sequence[str], progress: bool = False) -> None:
 def image_list_digest(dataset) -> str:
     """SHA-256 over every image's relative path, size and modification time, in id order."""
     digest = hashlib.sha256()
-    for (path, _), rel in zip(dataset.samples, relative_files(dataset)):
+    for (path, _), rel in zip(dataset.samples, dataset.relative_files()):
         stat = os.stat(path)
         digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
@@ -116,7 +115,7 @@ def image_list_digest(dataset) -> str:
 def build_fingerprint(cfg, weights: str, dataset, chunk_size: int) -> Dict[str, Any]:
     """What the chunk files depend on: a finished chunk is reused only under the same values."""
     fingerprint: Dict[str, Any] = {"format_version": FORMAT_VERSION, **weights_identity(weights)}
-    for section in _FINGERPRINT_SECTIONS:
+    for section in NETWORK_CONFIG_SECTIONS:
         fingerprint[section] = OmegaConf.to_container(cfg[section], resolve=True)
     fingerprint.update(
         image_root=os.path.abspath(dataset.root),
@@ -163,7 +162,7 @@ def read_chunk(path: str, rows: int, nbytes: int) -> np.ndarray:
 def encode_packed(network, dataset, batch_size: int, num_workers: int, device) -> np.ndarray:
     """Packed binary codes uint8 [N, ceil(K/8)] of every image of ``dataset``, in this process alone."""
     codes, _ = extract_codes(network, dataset, batch_size, num_workers, device, progress=False, shard=False)
-    return _pack(binarize(codes.numpy()))
+    return pack_codes_padded(binarize(codes.numpy()))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,7 +190,7 @@ def merge_chunks(index_dir: str, dataset, nbits: int, chunk_size: int, meta: Dic
     index.save(os.path.join(index_dir, INDEX_FILE))
     lines = [
         json.dumps({"id": i, "path": rel, "labels": label_names(dataset, i)}, ensure_ascii=False)
-        for i, rel in enumerate(relative_files(dataset))
+        for i, rel in enumerate(dataset.relative_files())
     ]
     atomic_write_text(os.path.join(index_dir, FILES_FILE), "".join(line + "\n" for line in lines))
     meta = {
@@ -284,7 +283,7 @@ class ArchiveSearcher:
         self.cfg = OmegaConf.create(self.meta["config"])
         self.cfg.train.device = device
         self.device = select_device(self.cfg)
-        self.network, _ = build_network(self.cfg, self.weights, self.device)
+        self.network, _ = load_hashing_network(self.cfg, self.weights, self.device)
         self.transform = make_classification_eval_transform(crop_size=self.cfg.crops.global_crops_size)
         self.index.build()  # multi-index tables, if the mode uses them, before threads share the index
         self._lock = threading.Lock()
@@ -313,7 +312,7 @@ class ArchiveSearcher:
         batch = self.transform(image)[None]
         with self._lock, torch.no_grad():
             code = self.network(batch.to(self.device)).float().cpu().numpy()  # [1, K]
-            distances, ids = self.index.search(_pack(binarize(code)), min(int(k), self.count))
+            distances, ids = self.index.search(pack_codes_padded(binarize(code)), min(int(k), self.count))
         return [
             {
                 "rank": rank + 1,

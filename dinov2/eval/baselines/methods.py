@@ -15,7 +15,7 @@ maps features to binary codes in {-1, +1} (sign(0) = +1, as for SDSH codes):
   eigenvalue, which grows with ``(m / (b_k - a_k))^2``, and the ``bits`` smallest are thresholded at 0.
 
 Fitting is deterministic for a fixed ``seed`` (only LSH and ITQ draw random numbers) and uses numpy
-in float64. The command-line tool ``dinov2/eval/baselines.py`` evaluates the four methods on the
+in float64. The command-line tool ``dinov2/eval/baselines`` evaluates the four methods on the
 split and metric of the training-time evaluation.
 """
 

@@ -1,16 +1,28 @@
-"""Command-line tool: the classical hashing baselines (``dinov2.eval.baseline_methods``: LSH, PCAH,
+"""Command-line tool: the classical hashing baselines (``dinov2.eval.baselines.methods``: LSH, PCAH,
 ITQ, Spectral Hashing) on the split and metric of the training-time evaluation.
 
-Run ``python dinov2/eval/baselines.py --help`` for the options; the methods and their fitting are
-importable from here as from ``dinov2.eval.baseline_methods``.
+Run ``python -m dinov2.eval.baselines --help`` for the options; the methods and their fitting are
+importable from here as from ``dinov2.eval.baselines.methods``.
 """
 
+import argparse
+import json
+import logging
+import os
+import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from torchvision import transforms
 
-from dinov2.eval.baseline_methods import (  # noqa: F401  (the methods, importable from the tool's module)
+from dinov2.checkpoint import CheckpointError, CheckpointFormatError, atomic_write_text
+from dinov2.data import ImageLoadError, make_classification_eval_transform
+from dinov2.data.builders import make_eval_dataset, resolve_data_root
+from dinov2.distributed.devices import select_device
+from dinov2.eval.baselines.methods import (  # noqa: F401  (the methods, importable from the tool's module)
     ITQ_ITERATIONS,
     METHODS,
     ArrayLike,
@@ -22,20 +34,28 @@ from dinov2.eval.baseline_methods import (  # noqa: F401  (the methods, importab
     itq_rotation,
     spectral_modes,
 )
+from dinov2.eval.encode import extract_codes
+from dinov2.eval.metrics import retrieval_metrics
+from dinov2.logging import setup_logging
+from dinov2.models.hashing_network import load_hashing_network
+from dinov2.utils.config import ConfigError, get_cfg_from_args
+from dinov2.utils.validation import check_run_inputs
+
+logger = logging.getLogger("dinov2")
 
 FEATURE_KINDS = ("pixels", "backbone")
 DEFAULT_PIXEL_SIZE = 16
 
 _EXAMPLES = """examples:
   # LSH, PCAH, ITQ and SH on 16x16 pixels of the demo data (the split of configs/demo.yaml)
-  python dinov2/eval/baselines.py --config-file configs/demo.yaml --output-dir outputs/demo_baselines --bits 16,32,64
+  python -m dinov2.eval.baselines --config-file configs/demo.yaml --output-dir outputs/demo_baselines --bits 16,32,64
 
   # "DINOv2 + ITQ": the CLS token of the public DINOv2 ViT-S/14 on AID, and pixels, at the paper's lengths
-  python dinov2/eval/baselines.py --config-file configs/aid_64bit.yaml --output-dir runs/aid_baselines \\
+  python -m dinov2.eval.baselines --config-file configs/aid_64bit.yaml --output-dir runs/aid_baselines \\
       --bits 16,32,48,64 --weights /w/dinov2_vits14_pretrain.pth train.data_path=/data/AID
 
   # the frozen backbone of a trained SDSH teacher
-  python dinov2/eval/baselines.py --config-file configs/demo.yaml --output-dir outputs/demo_baselines \\
+  python -m dinov2.eval.baselines --config-file configs/demo.yaml --output-dir outputs/demo_baselines \\
       --features backbone --weights outputs/demo/eval/best/teacher_checkpoint.pth
 
 Features (computed for the database = train split and the queries = query split of the config):
@@ -56,7 +76,6 @@ the file, key or value).
 
 def get_args_parser(add_help: bool = True):
     """Command-line options of the baselines tool."""
-    import argparse
 
     parser = argparse.ArgumentParser(
         "SDSH hashing baselines",
@@ -133,9 +152,7 @@ def feature_kinds(features: Optional[str], weights: str) -> List[str]:
 
 def make_pixel_transform(crop_size: int, pixel_size: int):
     """PIL image -> float [3 * pixel_size^2]: the eval resize and centre crop, then a small antialiased resize."""
-    from torchvision import transforms
 
-    from dinov2.data import make_classification_eval_transform
 
     resize, crop = make_classification_eval_transform(crop_size=crop_size).transforms[:2]
     return transforms.Compose(
@@ -165,10 +182,7 @@ class _ClsToken(torch.nn.Module):
 
 def compute_features(kind, args, cfg, datasets, device) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """Features and labels of database and queries for one kind; returns (db, db_y, q, q_y, description)."""
-    import sys
 
-    from dinov2.data import make_classification_eval_transform
-    from dinov2.eval.encode import extract_codes
 
     if kind == "pixels":
         encoder = torch.nn.Identity()
@@ -177,10 +191,9 @@ def compute_features(kind, args, cfg, datasets, device) -> Tuple[np.ndarray, np.
         description = f"{args.pixel_size}x{args.pixel_size} RGB pixels of the eval crop ({cfg.crops.global_crops_size} px)"
         run_device = torch.device("cpu")
     else:
-        from dinov2.eval.retrieval import build_network
 
         weights = args.weights or ""
-        network, fmt = build_network(cfg, weights, device)
+        network, fmt = load_hashing_network(cfg, weights, device)
         encoder = _ClsToken(network.backbone).to(device).eval()
         transform = make_classification_eval_transform(crop_size=cfg.crops.global_crops_size)
         source = weights or cfg.student.pretrained_weights
@@ -221,12 +234,8 @@ def evaluate_baselines(
         within radius 2), ``feature_dim``, ``seed``, ``fit_s``. A length a method cannot take (bits above
         the feature dimension for pcah/itq) gives a row with ``mAP`` None and the reason in ``skipped``.
     """
-    import logging
-    import time
 
-    from dinov2.eval.metrics import retrieval_metrics
 
-    logger = logging.getLogger("dinov2")
     rows = []
     for method in methods:
         for bits in bits_list:
@@ -266,23 +275,9 @@ def format_table(rows: Sequence[Dict[str, Any]], value: str = "mAP") -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the baselines tool; returns the exit status (0, or 2 on bad input with a message on stderr)."""
-    import json
-    import logging
-    import os
-    import sys
 
-    from omegaconf import OmegaConf
 
-    from dinov2.data import ImageLoadError
-    from dinov2.data.builders import resolve_data_root
-    from dinov2.distributed.devices import select_device
-    from dinov2.eval.retrieval import RetrievalError, make_dataset
-    from dinov2.logging import setup_logging
-    from dinov2.utils.checkpoint import CheckpointError, CheckpointFormatError, atomic_write_text
-    from dinov2.utils.config import ConfigError, get_cfg_from_args
-    from dinov2.utils.validation import check_run_inputs
 
-    logger = logging.getLogger("dinov2")
     try:
         args = get_args_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, or a usage error already printed by argparse
@@ -312,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = select_device(cfg)
         root = resolve_data_root(cfg)
         atomic_write_text(os.path.join(output_dir, "baselines_config.yaml"), OmegaConf.to_yaml(cfg))
-        datasets = {"database": make_dataset(cfg, root, "train"), "queries": make_dataset(cfg, root, "query")}
+        datasets = {"database": make_eval_dataset(cfg, root, "train"), "queries": make_eval_dataset(cfg, root, "query")}
         manifest = datasets["database"].write_manifest(os.path.join(output_dir, "split_manifest.csv"))
 
         rows: List[Dict[str, Any]] = []
@@ -338,7 +333,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"rows: {path}")
     except (
         BaselineError,
-        RetrievalError,
         ConfigError,
         CheckpointFormatError,
         CheckpointError,
@@ -349,8 +343,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

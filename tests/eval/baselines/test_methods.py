@@ -1,4 +1,4 @@
-"""Tests of dinov2/eval/baselines.py: LSH, PCAH, ITQ and Spectral Hashing on small synthetic features."""
+"""Tests of dinov2/eval/baselines: LSH, PCAH, ITQ and Spectral Hashing on small synthetic features."""
 
 import importlib.util
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinov2.eval.baselines import METHODS, BaselineError, fit_baseline, itq_rotation, spectral_modes
+from dinov2.eval.baselines.tool import METHODS, BaselineError, fit_baseline, itq_rotation, spectral_modes
 from dinov2.eval.hashing import mean_average_precision
 
 
@@ -33,7 +33,7 @@ def baseline_map(method, x, y, bits, seed=0):
 
 def load_check_script():
     """scripts/check_baselines.py, which holds the independent ITQ (torch, a separate code path)."""
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "check_baselines.py")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "scripts", "check_baselines.py")
     spec = importlib.util.spec_from_file_location("check_baselines", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

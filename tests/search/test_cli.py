@@ -1,4 +1,4 @@
-"""Tests of the archive index command line (dinov2/eval/index.py build/search): in-process on the small
+"""Tests of the archive index command line (dinov2/search build/search): in-process on the small
 demo teacher of tests/eval/conftest.py, and the real command line in subprocesses."""
 
 import json
@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
-from dinov2.eval import index_archive, index_cli
-from dinov2.eval.index import BinaryIndex
+from dinov2.search import archive as index_archive
+from dinov2.search import cli as index_cli
+from dinov2.search.index import BinaryIndex
 
 from ..conftest import export_torchrun_env, free_port
-from ..reliability.conftest import PYTHON, REPO_ROOT, subprocess_env
+from ..reliability.conftest import PYTHON, subprocess_env
 from .conftest import CHUNK_SIZE, INDEX_OPTS, build_argv, files_of, reference_packed_codes, save_teacher
 
-INDEX_SCRIPT = os.path.join(REPO_ROOT, "dinov2", "eval", "index.py")
+# The command line as users run it: python -m dinov2.search
+INDEX_COMMAND = ["-m", "dinov2.search"]
 
 
 def stable_ranking(codes: np.ndarray, query: np.ndarray):
@@ -217,12 +219,12 @@ def test_two_processes_build_the_same_index_as_one(archive, tmp_path):
 
 def run_script(*argv):
     return subprocess.run(
-        [PYTHON, INDEX_SCRIPT, *argv], env=subprocess_env(), capture_output=True, text=True, timeout=120
+        [PYTHON, *INDEX_COMMAND, *argv], env=subprocess_env(), capture_output=True, text=True, timeout=120
     )
 
 
 def test_the_command_line_builds_and_searches(archive, tmp_path):
-    """``python dinov2/eval/index.py`` as a script: its __main__ block, imports and exit status."""
+    """``python -m dinov2.search`` as a script: its __main__ block, imports and exit status."""
     out = tmp_path / "index"
     result = run_script(*build_argv(archive["weights"], archive["images"], out))
     assert result.returncode == 0, result.stderr

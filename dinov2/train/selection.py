@@ -13,13 +13,12 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import torch
 
 from dinov2 import distributed
-from dinov2.eval.evaluator import RetrievalEvaluator, save_teacher_checkpoint, teacher_encoder
+from dinov2.checkpoint import FSDPCheckpointer, atomic_write_text, load_torch_file, save_teacher_checkpoint
 from dinov2.eval.hashing.collapse import describe_collapse
 from dinov2.eval.metrics import selection_value
 from dinov2.eval.plots import draw_training_curves
-from dinov2.fsdp.checkpointer import FSDPCheckpointer
 from dinov2.models.hashing_network import build_hashing_network
-from dinov2.utils.checkpoint import atomic_write_text, load_torch_file
+from dinov2.train.evaluator import RetrievalEvaluator, teacher_encoder
 
 logger = logging.getLogger("dinov2")
 

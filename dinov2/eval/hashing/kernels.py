@@ -48,7 +48,7 @@ def available() -> bool:
     return numba is not None
 
 
-def _popcount(x):
+def popcount(x):
     # SWAR popcount; LLVM turns this pattern into the hardware instruction where there is one.
     x = x - ((x >> np.uint64(1)) & _M1)
     x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
@@ -72,7 +72,7 @@ def _average_precisions(q_words, d_words, q_labels, d_labels, multi_hot, num_bit
             # int64 throughout: numba would promote a mix of int64 and uint64 to float64
             d = np.int64(0)
             for w in range(n_words):
-                d += np.int64(_popcount(q_words[i, w] ^ d_words[j, w]))
+                d += np.int64(popcount(q_words[i, w] ^ d_words[j, w]))
             if multi_hot:
                 r = False
                 for w in range(n_label_words):
@@ -108,7 +108,7 @@ def _average_precisions(q_words, d_words, q_labels, d_labels, multi_hot, num_bit
 
 
 if numba is not None:
-    _popcount = numba.njit(inline="always", cache=True)(_popcount)
+    popcount = numba.njit(inline="always", cache=True)(popcount)
     _average_precisions = numba.njit(parallel=True, cache=True, nogil=True)(_average_precisions)
 
 

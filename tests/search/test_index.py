@@ -6,9 +6,9 @@ import struct
 import numpy as np
 import pytest
 
-from dinov2.eval import index_kernels
 from dinov2.eval.hashing import pack_codes
-from dinov2.eval.index import HEADER_SIZE, BinaryIndex, IndexFormatError, default_mih_tables
+from dinov2.search import kernels as index_kernels
+from dinov2.search.index import HEADER_SIZE, BinaryIndex, IndexFormatError, default_mih_tables
 
 pytest.importorskip("numba")
 
@@ -133,7 +133,7 @@ def test_adds_in_pieces_and_auto_mode(rng):
 
 @pytest.mark.parametrize("times, expected", [((0.0, 1.0, 0.0, 5.0), "flat"), ((0.0, 5.0, 0.0, 1.0), "mih")])
 def test_auto_keeps_the_mode_its_first_search_measured_faster_until_the_next_add(rng, monkeypatch, times, expected):
-    import dinov2.eval.index as index_module
+    import dinov2.search.index as index_module
 
     codes = random_codes(rng, 3000, 64)
     index = BinaryIndex(64, "auto", auto_threshold=2000)

@@ -11,7 +11,7 @@ fvcore's ``Checkpointer`` writes checkpoints and the ``last_checkpoint`` tag in 
 model with ``strict=False``, logging mismatches; here writes are atomic (temporary file, fsync,
 ``os.replace``) and a checkpoint that does not fit the model is an error naming the file and keys.
 
-Every file is read by ``dinov2.utils.checkpoint.load_torch_file`` (``weights_only=True``), so a checkpoint cannot run code when it
+Every file is read by ``dinov2.checkpoint.load_torch_file`` (``weights_only=True``), so a checkpoint cannot run code when it
 is loaded. FSDP's local state dict holds ``ShardedTensor`` objects, which only a full unpickler can
 rebuild; their local shard tensors are saved instead and copied back into the model's own
 ``ShardedTensor`` objects on load. Each checkpoint also holds every rank's random generator states
@@ -25,19 +25,15 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
+from omegaconf import OmegaConf
 from torch import nn
 
 from dinov2 import distributed
-from dinov2.utils.checkpoint import (
-    CheckpointError,
-    atomic_torch_save,
-    atomic_write_text,
-    load_torch_file,
-    state_dict_mismatches,
-)
+from dinov2.fsdp import is_fsdp
 from dinov2.utils.rng_state import gather_rng_states, restore_rank_rng_state
 
-from . import is_fsdp
+from .formats import state_dict_mismatches
+from .io import CheckpointError, atomic_torch_save, atomic_write_text, load_torch_file
 
 logger = logging.getLogger("dinov2")
 
@@ -276,3 +272,12 @@ class AtomicPeriodicCheckpointer(PeriodicCheckpointer):
                         os.remove(old)
         if self.max_iter is not None and iteration >= self.max_iter - 1:
             self.checkpointer.save(f"{self.file_prefix}_final", **state)
+
+
+def save_teacher_checkpoint(model: torch.nn.Module, cfg, path: str, mAP: float, iteration: int) -> None:
+    """Write ``{"teacher", "mAP", "iteration", "config"}`` atomically (collective with FSDP; rank 0 writes)."""
+    state = full_state_dict(model.teacher)
+    if not distributed.is_main_process():
+        return
+    payload = {"teacher": state, "mAP": float(mAP), "iteration": int(iteration), "config": OmegaConf.to_yaml(cfg)}
+    atomic_torch_save(payload, path)

@@ -7,10 +7,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dinov2.checkpoint import atomic_path
 from dinov2.data import make_classification_eval_transform
 from dinov2.data.datasets import SplitImageDataset, load_image_rgb
-from dinov2.eval.hashing import hamming_topk, pack_codes, precision_at_k, precision_recall_curve, unpack_codes
-from dinov2.utils.checkpoint import atomic_path
+from dinov2.eval.hashing import hamming_topk, pack_codes_padded, precision_at_k, precision_recall_curve, unpack_codes
 
 logger = logging.getLogger("dinov2")
 
@@ -21,22 +21,9 @@ GRID_QUERIES = 6
 GRID_TOPK = 10
 
 
-def relative_files(dataset: SplitImageDataset) -> List[str]:
-    """The dataset's files relative to its root, "/"-separated (as in the split manifest)."""
-    return dataset.relative_files()
-
-
 def first_labels(dataset: SplitImageDataset) -> List[int]:
     """The first label of every sample (the class of a single-label set)."""
     return [entry.labels[0] for entry in dataset.entries]
-
-
-def _pack(codes: np.ndarray) -> np.ndarray:
-    """Pack +-1 codes [N, K] into bytes [N, ceil(K/8)]; -1 padding bits add no Hamming distance."""
-    padding = -codes.shape[1] % 8
-    if padding:
-        codes = np.concatenate([codes, -np.ones((codes.shape[0], padding), dtype=codes.dtype)], axis=1)
-    return pack_codes(codes)
 
 
 def precision_curve_depths(num_database: int, max_k: int = CURVE_MAX_K, points: int = CURVE_POINTS) -> np.ndarray:
@@ -49,12 +36,12 @@ def save_codes(path: str, db_codes, query_codes, db, queries, fingerprint: str, 
     """Write codes.npz: packed codes, labels, relative files of both sets, class names, bits, fingerprint."""
     bits = db_codes.shape[1]
     arrays = {
-        "db_codes": _pack(db_codes),
-        "query_codes": _pack(query_codes),
+        "db_codes": pack_codes_padded(db_codes),
+        "query_codes": pack_codes_padded(query_codes),
         "db_labels": np.asarray(db.targets, dtype=np.int64),
         "query_labels": np.asarray(queries.targets, dtype=np.int64),
-        "db_files": np.asarray(relative_files(db), dtype=str),
-        "query_files": np.asarray(relative_files(queries), dtype=str),
+        "db_files": np.asarray(db.relative_files(), dtype=str),
+        "query_files": np.asarray(queries.relative_files(), dtype=str),
         "class_names": np.asarray(db.classes, dtype=str),
         "bits": np.asarray(bits, dtype=np.int64),
         "weights": np.asarray(os.path.abspath(weights) if weights else "", dtype=str),

@@ -2,7 +2,7 @@
 
 Evaluation (the database is the ``train`` split, the queries the ``query`` split of the paper's protocol)::
 
-    python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml \\
+    python -m dinov2.eval.retrieval --config-file configs/aid_64bit.yaml \\
         --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval train.data_path=/data/AID
 
 writes to ``--output-dir``: ``metrics.json`` (the keys of ``dinov2.eval.metrics``: ``mAP`` = mAP@all,
@@ -15,12 +15,12 @@ codes, when faiss is installed), ``split_manifest.csv``, ``retrieval_config.yaml
 Search with one image (reuses ``codes.npz`` of ``--output-dir`` when it was written with the same
 weights, model and data settings; otherwise encodes the database first)::
 
-    python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
+    python -m dinov2.eval.retrieval --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
         --output-dir runs/aid64/retrieval --query /data/AID/Airport/airport_1.jpg --topk 10 train.data_path=/data/AID
 
 Several processes (torchrun or SLURM) share the encoding; every image is encoded exactly once::
 
-    torchrun --nproc_per_node 4 dinov2/eval/retrieval.py --config-file ... --weights ... --output-dir ...
+    torchrun --nproc_per_node 4 -m dinov2.eval.retrieval --config-file ... --weights ... --output-dir ...
 """
 
 import argparse
@@ -29,61 +29,53 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import torch
 from omegaconf import OmegaConf
 
 from dinov2 import distributed
+from dinov2.checkpoint import CheckpointError, CheckpointFormatError, atomic_write_text, weights_identity
 from dinov2.data import ImageLoadError
 from dinov2.data.builders import make_eval_dataset, resolve_data_root
-from dinov2.data.datasets import SplitImageDataset, load_image_rgb
+from dinov2.data.datasets import load_image_rgb
 from dinov2.distributed.devices import select_device
 from dinov2.eval.encode import extract_codes
-from dinov2.eval.hashing import binarize, hamming_topk
+from dinov2.eval.hashing import binarize, hamming_topk, pack_codes_padded
 from dinov2.eval.hashing.collapse import describe_collapse
 from dinov2.eval.metrics import retrieval_metrics
-from dinov2.eval.retrieval_outputs import (  # noqa: F401  (grid_query_indices and precision_curve_depths: used from here)
-    _pack,
+from dinov2.eval.retrieval.outputs import (  # noqa: F401  (grid_query_indices and precision_curve_depths: used from here)
     draw_plots,
     grid_query_indices,
     load_cached_codes,
     precision_curve_depths,
-    relative_files,
     save_codes,
     write_faiss_index,
 )
 from dinov2.logging import setup_logging
-from dinov2.models import build_hashing_network
-from dinov2.utils.checkpoint import (
-    CheckpointError,
-    CheckpointFormatError,
-    atomic_write_text,
-    read_checkpoint,
-)
-from dinov2.utils.config import ConfigError, fix_random_seeds, get_cfg_from_args
+from dinov2.models.hashing_network import NETWORK_CONFIG_SECTIONS, load_hashing_network
+from dinov2.utils.config import ConfigError, get_cfg_from_args
 from dinov2.utils.validation import check_run_inputs
 
 logger = logging.getLogger("dinov2")
 
 # Config sections and keys that change the codes of a checkpoint: codes.npz is reused only under the same values.
-_FINGERPRINT_SECTIONS = ("student", "hash", "crops")
 
 _EXAMPLES = """examples:
   # evaluate a trained teacher on AID (metrics.json, codes.npz, database.faissindex, plots)
-  python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml \\
+  python -m dinov2.eval.retrieval --config-file configs/aid_64bit.yaml \\
       --weights runs/aid64/eval/best/teacher_checkpoint.pth --output-dir runs/aid64/retrieval train.data_path=/data/AID
 
   # the demo run of dinov2/train/train.py, evaluated on its generated dataset
-  python dinov2/eval/retrieval.py --config-file configs/demo.yaml \\
+  python -m dinov2.eval.retrieval --config-file configs/demo.yaml \\
       --weights outputs/demo/eval/best/teacher_checkpoint.pth --output-dir outputs/demo/retrieval
 
   # the 10 nearest database images of one image (reuses codes.npz of --output-dir when it matches)
-  python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
+  python -m dinov2.eval.retrieval --config-file configs/aid_64bit.yaml --weights teacher_checkpoint.pth \\
       --output-dir runs/aid64/retrieval --query some_image.jpg --topk 10 train.data_path=/data/AID
 
   # baseline: a randomly initialised hash head on the public DINOv2 backbone
-  python dinov2/eval/retrieval.py --config-file configs/aid_64bit.yaml --random-weights \\
+  python -m dinov2.eval.retrieval --config-file configs/aid_64bit.yaml --random-weights \\
       --output-dir runs/aid64/random train.data_path=/data/AID student.pretrained_weights=/w/dinov2_vits14_pretrain.pth
 
 --weights accepts this project's training checkpoints (model_*.pth) and teacher checkpoints, a
@@ -165,15 +157,6 @@ def _check_args(args) -> None:
         raise RetrievalError(f"--batch-size={args.batch_size} must be a positive number of images")
 
 
-def weights_identity(weights: str) -> Dict[str, Any]:
-    """Absolute path, size and modification time of a weights file (None for random weights)."""
-    if not weights:
-        return {"weights": None}
-    path = os.path.abspath(weights)
-    stat = os.stat(path)
-    return {"weights": path, "weights_size": stat.st_size, "weights_mtime_ns": stat.st_mtime_ns}
-
-
 def codes_fingerprint(cfg, weights: str, root: str) -> str:
     """What the database codes depend on, as a JSON string: weights file, model and data settings.
 
@@ -182,7 +165,7 @@ def codes_fingerprint(cfg, weights: str, root: str) -> str:
     fingerprint = dict(weights_identity(weights))
     if not weights:
         fingerprint["seed"] = cfg.train.seed
-    for section in _FINGERPRINT_SECTIONS:
+    for section in NETWORK_CONFIG_SECTIONS:
         fingerprint[section] = OmegaConf.to_container(cfg[section], resolve=True)
     fingerprint["data"] = {
         "root": os.path.abspath(root),
@@ -190,37 +173,6 @@ def codes_fingerprint(cfg, weights: str, root: str) -> str:
         "val_ratio": cfg.data.val_ratio,
     }
     return json.dumps(fingerprint, sort_keys=True)
-
-
-def build_network(cfg, weights: str, device: torch.device) -> Tuple[torch.nn.Module, str]:
-    """The teacher's backbone and hash head with ``weights`` loaded, in eval mode on ``device``.
-
-    Returns:
-        (network, checkpoint format name; ``random`` without weights).
-    """
-    fmt = "random"
-    if weights:
-        fmt = read_checkpoint(weights)["format"]
-    # Random weights are reproducible: seeded right before the modules are initialised.
-    fix_random_seeds(cfg.train.seed)
-    try:
-        network = build_hashing_network(cfg, weights or None)
-    except (CheckpointFormatError, ConfigError):
-        raise
-    except (ValueError, RuntimeError) as exc:
-        # e.g. an unknown student.arch or pretrained weights of another architecture
-        source = weights or cfg.student.pretrained_weights or "random weights"
-        raise RetrievalError(f"cannot build the network of the config with {source}: {exc}") from None
-    return network.to(device).eval(), fmt
-
-
-def make_dataset(cfg, root: str, split: str) -> SplitImageDataset:
-    """One split of the dataset with the evaluation transform of ``crops.global_crops_size``."""
-    try:
-        return make_eval_dataset(cfg, root, split)
-    except ValueError as exc:
-        # e.g. a train_ratio that leaves a class without database or query images
-        raise RetrievalError(f"dataset '{root}', split {split}: {exc}") from None
 
 
 def _encode(network, dataset, batch_size: int, cfg, device, desc: str):
@@ -241,9 +193,9 @@ def run_evaluation(args, cfg, root: str, device: torch.device) -> Optional[Dict[
     """
     start = time.perf_counter()
     timing: Dict[str, float] = {}
-    db = make_dataset(cfg, root, "train")
-    queries = make_dataset(cfg, root, "query")
-    network, fmt = build_network(cfg, args.weights, device)
+    db = make_eval_dataset(cfg, root, "train")
+    queries = make_eval_dataset(cfg, root, "query")
+    network, fmt = load_hashing_network(cfg, args.weights, device)
     timing["build_s"] = time.perf_counter() - start
 
     batch_size = args.batch_size or cfg.evaluation.batch_size
@@ -268,7 +220,7 @@ def run_evaluation(args, cfg, root: str, device: torch.device) -> Optional[Dict[
         os.path.join(output_dir, "codes.npz"), d_bits, q_bits, db, queries, fingerprint, args.weights
     )
     index_path, index_note = write_faiss_index(
-        os.path.join(output_dir, "database.faissindex"), _pack(d_bits), d_bits.shape[1]
+        os.path.join(output_dir, "database.faissindex"), pack_codes_padded(d_bits), d_bits.shape[1]
     )
     manifest = db.write_manifest(os.path.join(output_dir, "split_manifest.csv"))
     plots: List[str] = []
@@ -334,10 +286,10 @@ def run_query(args, cfg, root: str, device: torch.device, out: Optional[TextIO] 
     """
     if distributed.get_global_size() > 1:
         raise RetrievalError("--query runs in a single process; launch it without torchrun")
-    db = make_dataset(cfg, root, "train")
-    network, _ = build_network(cfg, args.weights, device)
+    db = make_eval_dataset(cfg, root, "train")
+    network, _ = load_hashing_network(cfg, args.weights, device)
     fingerprint = codes_fingerprint(cfg, args.weights, root)
-    cached = load_cached_codes(os.path.join(args.output_dir, "codes.npz"), fingerprint, relative_files(db))
+    cached = load_cached_codes(os.path.join(args.output_dir, "codes.npz"), fingerprint, db.relative_files())
     if cached is None:
         batch_size = args.batch_size or cfg.evaluation.batch_size
         db_codes, db_labels = _encode(network, db, batch_size, cfg, device, "encoding database")
@@ -430,6 +382,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             torch.distributed.destroy_process_group()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

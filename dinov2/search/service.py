@@ -1,6 +1,6 @@
 """The search service of an archive index: a web page and a JSON API over the standard library's HTTP server.
 
-Endpoints (``python dinov2/eval/index.py serve --index DIR``):
+Endpoints (``python -m dinov2.search serve --index DIR``):
 
 - ``GET /``: a self-contained page (no external resources): pick or drop an image, choose k, see the
   k nearest indexed images as a grid with their distances and labels.
@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 
 from dinov2.data import ImageLoadError
 from dinov2.data.datasets import load_image_rgb
-from dinov2.eval.index_archive import ArchiveSearcher
+from dinov2.search.archive import ArchiveSearcher
 
 logger = logging.getLogger("dinov2")
 

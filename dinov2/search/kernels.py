@@ -1,4 +1,4 @@
-"""numba kernels of ``dinov2.eval.index``: exact k-NN in Hamming space, flat scan and multi-index hashing.
+"""numba kernels of ``dinov2.search.index``: exact k-NN in Hamming space, flat scan and multi-index hashing.
 
 Both kernels return the first k database codes in the order (distance, id), so ties are broken by
 id. Distances take nbits + 1 values, which the flat scan uses to avoid any sort: per query it keeps,
@@ -20,7 +20,7 @@ at the k-th distance or closer has been seen, so the result (ties included) equa
 
 import numpy as np
 
-from dinov2.eval.hashing_kernels import _popcount, numba
+from dinov2.eval.hashing.kernels import numba, popcount
 
 # Queries scanned together over one database block, and the block length (codes): a block of
 # 4096 codes of 128 bits is 64 KiB, which stays in L2 while the queries of the block pass over it.
@@ -51,7 +51,7 @@ def _flat_search(queries, codes, k, nbits, out_dist, out_ids):
                 for j in range(j0, j1):
                     d = np.int64(0)
                     for w in range(n_words):
-                        d += np.int64(_popcount(np.uint64(queries[q0 + i, w]) ^ np.uint64(codes[j, w])))
+                        d += np.int64(popcount(np.uint64(queries[q0 + i, w]) ^ np.uint64(codes[j, w])))
                     if d <= t:
                         t, kept[i] = _take(j, d, k, bucket[i], count[i], t, kept[i])
                 thresh[i] = t
@@ -69,7 +69,7 @@ def _flat_search_two_pass(queries, codes, k, nbits, out_dist, out_ids):
         for j in range(n):
             d = np.int64(0)
             for w in range(n_words):
-                d += np.int64(_popcount(np.uint64(queries[i, w]) ^ np.uint64(codes[j, w])))
+                d += np.int64(popcount(np.uint64(queries[i, w]) ^ np.uint64(codes[j, w])))
             hist[d] += 1
         # rank of the next id at distance d; distances beyond the k-th get no place
         pos = np.zeros(nbits + 2, dtype=np.int64)
@@ -78,7 +78,7 @@ def _flat_search_two_pass(queries, codes, k, nbits, out_dist, out_ids):
         for j in range(n):
             d = np.int64(0)
             for w in range(n_words):
-                d += np.int64(_popcount(np.uint64(queries[i, w]) ^ np.uint64(codes[j, w])))
+                d += np.int64(popcount(np.uint64(queries[i, w]) ^ np.uint64(codes[j, w])))
             p = pos[d]
             if p < k:
                 out_dist[i, p] = d
@@ -222,7 +222,7 @@ def _mih_query(q_words, q_subs, codes, lengths, masks, offsets, ids, k, nbits, m
                         probed += 1
                         d = np.int64(0)
                         for w in range(n_words):
-                            d += np.int64(_popcount(np.uint64(q_words[w]) ^ np.uint64(codes[j, w])))
+                            d += np.int64(popcount(np.uint64(q_words[w]) ^ np.uint64(codes[j, w])))
                         if d > thresh:
                             continue
                         # count j only at its first sighting: the least (substring distance, table)
@@ -233,7 +233,7 @@ def _mih_query(q_words, q_subs, codes, lengths, masks, offsets, ids, k, nbits, m
                                 for w in range(n_words):
                                     mw = masks[u, w]
                                     if mw != 0:
-                                        du += np.int64(_popcount((np.uint64(q_words[w]) ^ np.uint64(codes[j, w])) & mw))
+                                        du += np.int64(popcount((np.uint64(q_words[w]) ^ np.uint64(codes[j, w])) & mw))
                                 if du < r or (du == r and u < t):
                                     first = False
                                     break

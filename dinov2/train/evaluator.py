@@ -7,15 +7,13 @@ import sys
 from typing import Any, Dict, Optional
 
 import torch
-from omegaconf import OmegaConf
 
 from dinov2 import distributed
+from dinov2.checkpoint import has_fsdp_modules
 from dinov2.data.builders import make_eval_dataset
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.metrics import evaluate_codes, selection_value
-from dinov2.fsdp.checkpointer import full_state_dict, has_fsdp_modules
 from dinov2.models.hashing_network import HashingNetwork
-from dinov2.utils.checkpoint import atomic_torch_save
 from dinov2.utils.config import ConfigError
 
 
@@ -132,12 +130,3 @@ def teacher_encoder(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Modu
         encoder = HashingNetwork(model.teacher.backbone, model.teacher.hash_head)
     # extract_codes restores the training flag it found: the teacher stays in eval mode.
     return encoder.eval()
-
-
-def save_teacher_checkpoint(model: torch.nn.Module, cfg, path: str, mAP: float, iteration: int) -> None:
-    """Write ``{"teacher", "mAP", "iteration", "config"}`` atomically (collective with FSDP; rank 0 writes)."""
-    state = full_state_dict(model.teacher)
-    if not distributed.is_main_process():
-        return
-    payload = {"teacher": state, "mAP": float(mAP), "iteration": int(iteration), "config": OmegaConf.to_yaml(cfg)}
-    atomic_torch_save(payload, path)
