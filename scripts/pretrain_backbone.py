@@ -40,11 +40,11 @@ for path in (REPO_ROOT, os.path.dirname(os.path.abspath(__file__))):
 
 import image_families  # noqa: E402
 
+from dinov2.checkpoint import load_pretrained_weights, load_torch_file  # noqa: E402
 from dinov2.layers.pos_embed import resize_pos_embed  # noqa: E402
 from dinov2.models.vision_transformer import vit_demo  # noqa: E402
 from dinov2.train import ssl_meta_arch  # noqa: E402
 from dinov2.train import train as train_module  # noqa: E402
-from dinov2.utils.utils import load_pretrained_weights  # noqa: E402
 
 PRESET = os.path.join(REPO_ROOT, "configs", "pretrain_demo.yaml")
 WEIGHTS_NAME = "dinov2_vitdemo16_pretrain.pth"
@@ -88,7 +88,7 @@ def backbone_state_dict(teacher_state: Dict[str, torch.Tensor], save_size: int) 
 
 def check_weights(path: str, save_size: int, crop_size: int) -> List[str]:
     """Load ``path`` strictly as it is built and through the pretrained loader; return what was checked."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path)
     built = vit_demo(patch_size=PATCH_SIZE, img_size=save_size, init_values=0.1, block_chunks=0)
     built.load_state_dict(state, strict=True)
     cropped = vit_demo(patch_size=PATCH_SIZE, img_size=crop_size, init_values=0.1, block_chunks=0)
@@ -117,9 +117,7 @@ def pretrain(output_dir: str, iterations: int, seed: int, per_class: int, save_s
         train_module.main(args)
     finally:
         ssl_meta_arch.build_hash_head = original
-    teacher = torch.load(
-        os.path.join(output_dir, "run", "eval", "last", "teacher_checkpoint.pth"), map_location="cpu", weights_only=False
-    )["teacher"]
+    teacher = load_torch_file(os.path.join(output_dir, "run", "eval", "last", "teacher_checkpoint.pth"))["teacher"]
     path = os.path.join(output_dir, WEIGHTS_NAME)
     torch.save(backbone_state_dict(teacher, save_size), path)
     return path

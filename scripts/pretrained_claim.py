@@ -52,11 +52,13 @@ import collapse_study  # noqa: E402
 import image_families  # noqa: E402
 import pretrain_backbone  # noqa: E402
 
+from dinov2.checkpoint import load_torch_file  # noqa: E402
+from dinov2.data.builders import make_eval_dataset  # noqa: E402
 from dinov2.data.demo import generate_demo_dataset  # noqa: E402
-from dinov2.eval.baselines import evaluate_baselines, make_pixel_transform  # noqa: E402
+from dinov2.eval.baselines.tool import evaluate_baselines, make_pixel_transform  # noqa: E402
 from dinov2.eval.encode import extract_codes  # noqa: E402
 from dinov2.eval.metrics import retrieval_metrics  # noqa: E402
-from dinov2.eval.retrieval import build_network, make_dataset  # noqa: E402
+from dinov2.models.hashing_network import load_hashing_network  # noqa: E402
 from dinov2.train import train as train_module  # noqa: E402
 from dinov2.utils.config import get_cfg_from_args  # noqa: E402
 
@@ -232,8 +234,8 @@ def score_run(cfg, teachers: List[str], datasets, val: np.ndarray, rest: np.ndar
     selected_enc = None
     best_val = -1.0
     for path in teachers:
-        network, _ = build_network(cfg, path, torch.device("cpu"))
-        iteration = int(torch.load(path, map_location="cpu", weights_only=False).get("iteration", -1))
+        network, _ = load_hashing_network(cfg, path, torch.device("cpu"))
+        iteration = int(load_torch_file(path).get("iteration", -1))
         enc = encode(network, datasets, cfg.evaluation.batch_size)
         db, db_y = enc["database"], enc["database_labels"]
         test = code_map(enc["queries"], db, enc["queries_labels"], db_y)
@@ -345,9 +347,9 @@ def run(args, opts: List[str]) -> Dict[str, Any]:
         cfg = get_cfg_from_args(train_module.get_args_parser().parse_args(
             ["--config-file", args.preset, "--output-dir", os.path.join(out, "runs", family),
              f"train.data_path={data}", f"student.pretrained_weights={weights}", *opts]))  # fmt: skip
-        datasets = {"database": make_dataset(cfg, data, "train"), "queries": make_dataset(cfg, data, "query")}
+        datasets = {"database": make_eval_dataset(cfg, data, "train"), "queries": make_eval_dataset(cfg, data, "query")}
         entry = results.setdefault(family, {"data": data, "runs": [], "baselines": []})
-        frozen, _ = build_network(cfg, weights, torch.device("cpu"))
+        frozen, _ = load_hashing_network(cfg, weights, torch.device("cpu"))
         features = {"frozen": cls_features(frozen, datasets, cfg.evaluation.batch_size), "pixels": pixel_features(cfg, datasets)}
         val, rest = validation_split(features["pixels"]["database_labels"], args.val_ratio)
         entry["validation"] = {"queries": len(val), "database": len(rest), "val_ratio": args.val_ratio}
