@@ -258,6 +258,7 @@ _FLOAT_RANGES = {
     "hash.loss_hash_reg": (0.0, None, True, False),
     "hash.loss_contrastive": (0.0, None, True, False),
     "hash.contrastive_temp": (0.0, None, False, False),
+    "hash.loss_balance": (0.0, None, True, False),
     "train.train_ratio": (0.0, 1.0, False, False),
     "data.val_ratio": (0.0, 1.0, True, False),
     "student.drop_path_rate": (0.0, 1.0, True, False),
