@@ -82,6 +82,7 @@ class RetrievalEvaluator:
         if not distributed.is_main_process():
             return None
         metrics = evaluate_codes(q_codes, db_codes, q_labels, db_labels, topk=self.cfg.evaluation.topk)
+        metrics["bit_means"] = bit_means(db_codes)
         chance = self.random_code_metrics(queries)
         metrics["random_codes_mAP"] = chance["mAP"]
         metrics["random_codes_mAP_tie_aware"] = chance["mAP_tie_aware"]
@@ -115,6 +116,12 @@ class RetrievalEvaluator:
             f.flush()
             os.fsync(f.fileno())
         return line
+
+
+def bit_means(codes: torch.Tensor) -> list:
+    """Mean of each bit of ``sign(codes)`` (sign(0) = +1) over the rows [K]: 0 for a bit that splits them in half."""
+    signs = torch.where(codes >= 0, 1.0, -1.0)
+    return [round(float(v), 4) for v in signs.mean(dim=0)]
 
 
 def teacher_encoder(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
