@@ -283,3 +283,42 @@ def draw_training_curves(output_dir: str, eval_metrics_file: str) -> str:
     except ImportError:
         logger.warning("matplotlib is not installed: no training_curves.png (pip install -e '.[eval]')")
         return ""
+
+
+def plot_awp_heatmaps(images: Sequence[np.ndarray], weights: np.ndarray, path: str, titles: Sequence[str] = (), title: str = "") -> str:
+    """Each query image above its attention-weighted pooling (AWP) patch weights laid over it.
+
+    Args:
+        images: n thumbnails [H, W, 3] (uint8 or floats in [0, 1]), as the network saw them (resize, crop).
+        weights: [n, side, side] AWP weights, one per patch position (sigmoid outputs in [0, 1]).
+        path: destination PNG file.
+        titles: optional caption per image.
+        title: figure title.
+    Returns:
+        ``path``.
+    """
+    weights = np.asarray(weights, dtype=float)
+    if weights.ndim != 3 or weights.shape[0] != len(images) or weights.shape[1] != weights.shape[2]:
+        raise ValueError(f"weights must be [n, side, side] for {len(images)} images, got {weights.shape}")
+    n = len(images)
+    figure = _new_figure(2.0 * n + 0.8, 4.4)
+    axes = np.asarray(figure.subplots(2, n, squeeze=False))
+    shown = None
+    for i, image in enumerate(images):
+        height, width = np.asarray(image).shape[:2]
+        axes[0, i].imshow(image)
+        axes[1, i].imshow(image)
+        shown = axes[1, i].imshow(
+            weights[i], cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0, extent=(0, width, height, 0), interpolation="nearest"
+        )
+        if i < len(titles):
+            axes[0, i].set_title(titles[i], fontsize=8)
+        axes[1, i].set_title(f"weights {weights[i].min():.2f}-{weights[i].max():.2f}", fontsize=7)
+        for axis in axes[:, i]:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    if shown is not None:
+        figure.colorbar(shown, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

@@ -94,9 +94,26 @@ def _thumbnail(path: str, resize_crop) -> np.ndarray:
     return np.asarray(resize_crop(load_image_rgb(path)))
 
 
-def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries) -> List[str]:
-    """The PR curve, the precision@k curve and the retrieval grid; returns the files written."""
-    from dinov2.eval.plots import plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
+def awp_patch_weights(network, images) -> Optional[np.ndarray]:
+    """AWP patch weights [n, side, side] of the hash head for evaluation-size ``images`` [n, 3, H, W]; None
+    when the head does not pool with learned weights (``hash.pooling`` mean or grid)."""
+    import torch
+
+    with torch.no_grad():
+        out = network.backbone.forward_features(images)
+        weights = network.hash_head(out["x_norm_clstoken"], out["x_norm_patchtokens"], view="global").get("patch_weights")
+    if weights is None:
+        return None
+    weights = weights.float().cpu().numpy()
+    side = int(round(weights.shape[1] ** 0.5))
+    return weights.reshape(weights.shape[0], side, side)
+
+
+def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries, network=None) -> List[str]:
+    """The PR curve, the precision@k curve, the retrieval grid and, given the ``network`` and when its hash
+    head pools with AWP, the AWP patch weights of the grid's queries (``awp_heatmaps.png``); returns the
+    files written."""
+    from dinov2.eval.plots import plot_awp_heatmaps, plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
 
     bits = d_bits.shape[1]
     precision, recall = precision_recall_curve(q_bits, d_bits, q_labels, d_labels)
@@ -140,6 +157,22 @@ def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, que
             title=f"top-{k} by Hamming distance ({bits} bits); green: same class, red: other class",
         )
     )
+    if network is not None:
+        import torch
+
+        device = next(network.parameters()).device
+        images = torch.stack([queries[i][0] for i in chosen]).to(device)
+        weights = awp_patch_weights(network, images)
+        if weights is not None:
+            written.append(
+                plot_awp_heatmaps(
+                    q_images,
+                    weights,
+                    os.path.join(output_dir, "awp_heatmaps.png"),
+                    q_titles,
+                    title="AWP patch weights of the hash head (bottom, over the image): what the code pools",
+                )
+            )
     return written
 
 

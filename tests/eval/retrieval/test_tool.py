@@ -149,7 +149,8 @@ def test_manifest_and_pngs_are_written(setting):
     out = setting["out"]
     manifest = (out / "split_manifest.csv").read_text().splitlines()
     assert manifest[0] == "file,label,class,split" and len(manifest) == 1 + 24
-    for name in ("pr_curve.png", "precision_at_k.png", "retrieval_grid.png"):
+    # awp_heatmaps.png: the default hash head pools with AWP, whose patch weights are drawn over the queries.
+    for name in ("pr_curve.png", "precision_at_k.png", "retrieval_grid.png", "awp_heatmaps.png"):
         path = out / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5000
         image = mpimg.imread(path)
@@ -339,3 +340,31 @@ def test_codes_of_any_length_are_packed_for_faiss_without_changing_distances(tmp
     brute = (q[:, None, :] != d[None, :, :]).sum(-1)  # [4, 9] Hamming distances
     np.testing.assert_array_equal(distances, np.take_along_axis(brute, indices, 1))
     np.testing.assert_array_equal(np.sort(brute, 1), distances)
+
+
+def test_awp_patch_weights_are_a_grid_per_image_and_none_without_awp():
+    import torch
+
+    from dinov2.eval.retrieval.outputs import awp_patch_weights
+
+    class Backbone(torch.nn.Module):
+        def forward_features(self, images):
+            return {"x_norm_clstoken": images.mean((2, 3)), "x_norm_patchtokens": images.flatten(2).transpose(1, 2)}
+
+    class Head(torch.nn.Module):
+        def __init__(self, awp):
+            super().__init__()
+            self.awp = awp
+
+        def forward(self, cls, patches, view="global"):
+            return {"patch_weights": patches.mean(-1).sigmoid() if self.awp else None}
+
+    class Network(torch.nn.Module):
+        def __init__(self, awp):
+            super().__init__()
+            self.backbone, self.hash_head = Backbone(), Head(awp)
+
+    images = torch.randn(2, 3, 4, 4)
+    weights = awp_patch_weights(Network(True), images)
+    assert weights.shape == (2, 4, 4) and ((weights > 0) & (weights < 1)).all()
+    assert awp_patch_weights(Network(False), images) is None
