@@ -381,11 +381,13 @@ def run(args, opts: List[str]) -> Dict[str, Any]:
         entry["validation"] = {"queries": len(val), "database": len(rest), "val_ratio": args.val_ratio}
         for seed in seeds:
             for kind, methods in (("frozen", FROZEN_METHODS), ("pixels", PIXEL_METHODS)):
-                if any(r["seed"] == seed and r["features"] == kind for r in entry["baselines"]):
+                done = {r["bits"] for r in entry["baselines"] if r["seed"] == seed and r["features"] == kind}
+                missing = [b for b in bits_list if b not in done]
+                if not missing:
                     continue
                 f = features[kind]
                 for row in evaluate_baselines(f["database"], f["database_labels"], f["queries"], f["queries_labels"],
-                                              methods, bits_list, seed=seed):  # fmt: skip
+                                              methods, missing, seed=seed):  # fmt: skip
                     entry["baselines"].append({"features": kind, "method": row["method"], "bits": row["bits"],
                                                "seed": seed, "mAP": row["mAP"]})  # fmt: skip
             for bits in bits_list:
