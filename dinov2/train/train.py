@@ -162,6 +162,7 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
     best = {"mAP": float(state.get("best_mAP", -1.0)), "iteration": int(state.get("best_iteration", -1))}
     # Checkpoints written before selection knew the chance level: their best counts as above it.
     best["above_chance"] = bool(state.get("best_above_chance", best["iteration"] >= 0))
+    best.update(state.get("best_holdout") or {})
     if start_iter > 0:
         logger.info(f"resumed at iteration {start_iter}; best mAP so far {best['mAP']:.4f} (iteration {best['iteration']})")
         if distributed.is_main_process():
@@ -230,7 +231,8 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
     def checkpoint(it: int) -> None:
         # After log_every has written iteration it's record: a kill after this checkpoint keeps that record.
         periodic_checkpointer.step(
-            it, best_mAP=best["mAP"], best_iteration=best["iteration"], best_above_chance=best["above_chance"]
+            it, best_mAP=best["mAP"], best_iteration=best["iteration"], best_above_chance=best["above_chance"],
+            best_holdout={k: v for k, v in best.items() if k.startswith("holdout")},
         )
 
     logger.info(f"starting training at iteration {start_iter} of {max_iter}")
@@ -295,6 +297,7 @@ def do_train(cfg, setup_: TrainingSetup, evaluator: Optional[RetrievalEvaluator]
         "best_mAP": best["mAP"],
         "best_iteration": best["iteration"],
         "best_above_chance": best["above_chance"],
+        **{k: v for k, v in best.items() if k.startswith("holdout")},
         "last_eval": last_eval,
         "collapse": collapses,
         "dino_targets": dino_checks,

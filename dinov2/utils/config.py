@@ -261,6 +261,7 @@ _FLOAT_RANGES = {
     "hash.loss_balance": (0.0, None, True, False),
     "train.train_ratio": (0.0, 1.0, False, False),
     "data.val_ratio": (0.0, 1.0, True, False),
+    "evaluation.holdout_ratio": (0.0, 1.0, True, False),
     "student.drop_path_rate": (0.0, 1.0, True, False),
     "student.interpolate_offset": (0.0, None, True, False),
 }
