@@ -280,19 +280,24 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     if arr.size == 0:
         return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
 
 
 def fmt(values: Sequence[float]) -> str:
     m, s = mean_std(values)
-    return "–" if math.isnan(m) else f"{m:.3f} ± {s:.3f}"
+    if math.isnan(m):
+        return "–"
+    return f"{m:.3f} (one run)" if math.isnan(s) else f"{m:.3f} ± {s:.3f}"
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> str:
-    """'>' / '<' when mean(a) - mean(b) exceeds two standard deviations of the difference, else '≈'."""
+    """'>' / '<' when mean(a) - mean(b) exceeds two standard deviations of the difference, else '≈';
+    without a spread on either side (fewer than two runs) no mark is given."""
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     if math.isnan(ma) or math.isnan(mb):
         return "–"
+    if math.isnan(sa) or math.isnan(sb):
+        return f"{ma - mb:+.3f} (one run)"
     diff, sd = ma - mb, math.sqrt(sa * sa + sb * sb)
     mark = ">" if diff > 2 * sd else "<" if -diff > 2 * sd else "≈"
     return f"{diff:+.3f} {mark}"

@@ -33,6 +33,8 @@ def test_compare_marks_only_differences_beyond_two_standard_deviations(claim):
     # Means 0.02 apart with a spread of 0.05 each: not a difference.
     assert claim.compare([0.75, 0.80, 0.85], [0.73, 0.78, 0.83]).endswith("≈")
     assert claim.fmt([0.5, 0.7]) == "0.600 ± 0.141"
+    # One run has no spread: no mark.
+    assert claim.fmt([0.5]) == "0.500 (one run)" and claim.compare([0.9], [0.1, 0.1]) == "+0.800 (one run)"
 
 
 def test_bit_stats_see_a_constant_bit_and_two_equal_bits(claim):
