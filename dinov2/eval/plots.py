@@ -180,6 +180,7 @@ _LOSS_TERMS = (
     "ibot_loss",
     "koleo_loss",
     "contrastive_loss",
+    "balance_loss",
     "hash_reg_loss",
 )
 
@@ -187,7 +188,9 @@ _LOSS_TERMS = (
 def plot_training_curves(training: Sequence[dict], evaluations: Sequence[dict], path: str, title: str = "") -> str:
     """Loss terms, learning rate and teacher temperature, and retrieval mAP against the iteration.
 
-    The mAP panel also shows ``dino_target_entropy`` (dashed) when the records have it.
+    The mAP panel also shows ``dino_target_entropy`` (dashed) when the records have it, and a fourth
+    panel the per-bit balance of the database codes (``bit_means``: the mean of each bit, one column per
+    evaluation; 0 = the bit splits the database in half, +-1 = a constant bit) when the evaluations have it.
 
     Args:
         training: records of ``training_metrics.json`` (``iteration`` and the logged values).
@@ -201,8 +204,12 @@ def plot_training_curves(training: Sequence[dict], evaluations: Sequence[dict], 
     if not training:
         raise ValueError("no training records with an 'iteration' to plot")
     iterations = np.asarray([r["iteration"] for r in training])
-    figure = _new_figure(12, 3.6)
-    losses, schedule, retrieval = figure.subplots(1, 3)
+    balance_records = [e for e in evaluations if "bit_means" in e and "split" not in e]
+    figure = _new_figure(16 if balance_records else 12, 3.6)
+    panels = figure.subplots(1, 4 if balance_records else 3)
+    losses, schedule, retrieval = panels[:3]
+    if balance_records:
+        _plot_bit_balance(panels[3], balance_records)
     for term in _LOSS_TERMS:
         values = [r.get(term) for r in training]
         if any(v is not None for v in values):
@@ -250,6 +257,21 @@ def plot_training_curves(training: Sequence[dict], evaluations: Sequence[dict], 
     return _save(figure, path)
 
 
+def _plot_bit_balance(axis, evaluations: Sequence[dict]) -> None:
+    """Bits (rows) x evaluations (columns) of the per-bit mean of the database codes, -1 blue to +1 red."""
+    means = np.asarray([e["bit_means"] for e in evaluations], dtype=float).T  # [K, evaluations]
+    image = axis.imshow(means, aspect="auto", cmap="coolwarm", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    ticks = np.arange(len(evaluations))
+    step = max(1, len(ticks) // 6)
+    axis.set_xticks(ticks[::step])
+    axis.set_xticklabels([str(evaluations[i]["iteration"]) for i in ticks[::step]], fontsize=7)
+    axis.set_xlabel("evaluation (iteration)")
+    axis.set_ylabel("bit")
+    imbalance = float(np.abs(means[:, -1]).mean())
+    axis.set_title(f"per-bit mean of the database codes (last: mean |.| {imbalance:.2f})", fontsize=10)
+    axis.figure.colorbar(image, ax=axis, fraction=0.046, pad=0.02)
+
+
 def draw_training_curves(output_dir: str, eval_metrics_file: str) -> str:
     """Draw ``<output_dir>/training_curves.png`` from the metric files; "" without records or matplotlib."""
     training = read_jsonl(os.path.join(output_dir, "training_metrics.json"))
@@ -261,3 +283,42 @@ def draw_training_curves(output_dir: str, eval_metrics_file: str) -> str:
     except ImportError:
         logger.warning("matplotlib is not installed: no training_curves.png (pip install -e '.[eval]')")
         return ""
+
+
+def plot_awp_heatmaps(images: Sequence[np.ndarray], weights: np.ndarray, path: str, titles: Sequence[str] = (), title: str = "") -> str:
+    """Each query image above its attention-weighted pooling (AWP) patch weights laid over it.
+
+    Args:
+        images: n thumbnails [H, W, 3] (uint8 or floats in [0, 1]), as the network saw them (resize, crop).
+        weights: [n, side, side] AWP weights, one per patch position (sigmoid outputs in [0, 1]).
+        path: destination PNG file.
+        titles: optional caption per image.
+        title: figure title.
+    Returns:
+        ``path``.
+    """
+    weights = np.asarray(weights, dtype=float)
+    if weights.ndim != 3 or weights.shape[0] != len(images) or weights.shape[1] != weights.shape[2]:
+        raise ValueError(f"weights must be [n, side, side] for {len(images)} images, got {weights.shape}")
+    n = len(images)
+    figure = _new_figure(2.0 * n + 0.8, 4.4)
+    axes = np.asarray(figure.subplots(2, n, squeeze=False))
+    shown = None
+    for i, image in enumerate(images):
+        height, width = np.asarray(image).shape[:2]
+        axes[0, i].imshow(image)
+        axes[1, i].imshow(image)
+        shown = axes[1, i].imshow(
+            weights[i], cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0, extent=(0, width, height, 0), interpolation="nearest"
+        )
+        if i < len(titles):
+            axes[0, i].set_title(titles[i], fontsize=8)
+        axes[1, i].set_title(f"weights {weights[i].min():.2f}-{weights[i].max():.2f}", fontsize=7)
+        for axis in axes[:, i]:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    if shown is not None:
+        figure.colorbar(shown, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

@@ -4,7 +4,7 @@ encoder, the JSON-lines record of every evaluation and the teacher checkpoints."
 import json
 import os
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -14,6 +14,7 @@ from dinov2.data.builders import make_eval_dataset
 from dinov2.eval.encode import extract_codes
 from dinov2.eval.metrics import evaluate_codes, selection_value
 from dinov2.models.hashing_network import HashingNetwork
+from dinov2.utils.config import ConfigError
 
 
 class _FSDPTeacherEncoder(torch.nn.Module):
@@ -49,6 +50,7 @@ class RetrievalEvaluator:
             return make_eval_dataset(cfg, root, split)
 
         self.db = dataset("train")
+        self.holdout = holdout_split(self.db.targets, cfg.evaluation.holdout_ratio)
         self.queries = dataset(self.select_on)
         self.test_queries = dataset("query") if self.select_on == "val" else None
         self.eval_dir = os.path.join(cfg.train.output_dir, "eval")
@@ -77,6 +79,11 @@ class RetrievalEvaluator:
         if not distributed.is_main_process():
             return None
         metrics = evaluate_codes(q_codes, db_codes, q_labels, db_labels, topk=self.cfg.evaluation.topk)
+        metrics["bit_means"] = bit_means(db_codes)
+        if self.holdout is not None and queries is None:
+            val, rest = self.holdout
+            held = evaluate_codes(db_codes[val], db_codes[rest], db_labels[val], db_labels[rest], self.cfg.evaluation.topk)
+            metrics["holdout_mAP"] = selection_value(held, self.cfg.evaluation.topk)
         chance = self.random_code_metrics(queries)
         metrics["random_codes_mAP"] = chance["mAP"]
         metrics["random_codes_mAP_tie_aware"] = chance["mAP_tie_aware"]
@@ -110,6 +117,31 @@ class RetrievalEvaluator:
             f.flush()
             os.fsync(f.fileno())
         return line
+
+
+def holdout_split(labels, ratio: float) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """Database indices (validation queries, the rest): the last ``ratio`` of each class, at least one image
+    on each side of a class with two or more; None when ``ratio`` is 0. Multi-hot labels use their first label."""
+    if ratio <= 0:
+        return None
+    labels = torch.as_tensor(labels)
+    if labels.ndim > 1:
+        labels = labels.float().argmax(dim=1)
+    val, rest = [], []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten().tolist()
+        n_val = min(max(1, int(round(len(members) * ratio))), len(members) - 1)
+        val += members[len(members) - n_val :]
+        rest += members[: len(members) - n_val]
+    if not val or not rest:
+        raise ConfigError(f"evaluation.holdout_ratio={ratio} leaves no validation query or no database image")
+    return torch.tensor(sorted(val)), torch.tensor(sorted(rest))
+
+
+def bit_means(codes: torch.Tensor) -> list:
+    """Mean of each bit of ``sign(codes)`` (sign(0) = +1) over the rows [K]: 0 for a bit that splits them in half."""
+    signs = torch.where(codes >= 0, 1.0, -1.0)
+    return [round(float(v), 4) for v in signs.mean(dim=0)]
 
 
 def teacher_encoder(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

@@ -53,6 +53,8 @@ class TrainingMonitor:
         self.best["iteration"] = int(state.get("best_iteration", -1))
         # Checkpoints written before selection knew the chance level: their best counts as above it.
         self.best["above_chance"] = bool(state.get("best_above_chance", self.best["iteration"] >= 0))
+        # The evaluation selected on the database holdout (evaluation.holdout_ratio), when there is one.
+        self.best.update(state.get("best_holdout") or {})
 
     def checkpoint_state(self) -> Dict[str, Any]:
         """The extra state a resume checkpoint keeps, read back by ``restore``."""
@@ -60,6 +62,7 @@ class TrainingMonitor:
             "best_mAP": self.best["mAP"],
             "best_iteration": self.best["iteration"],
             "best_above_chance": self.best["above_chance"],
+            "best_holdout": self._holdout(),
         }
 
     def check_dino_targets(self, iteration: int, entropy: Optional[float], window: int) -> bool:
@@ -116,12 +119,17 @@ class TrainingMonitor:
         """Whether the loop ended (at ``next_iteration``) after training steps not yet evaluated."""
         return trained and self.last_eval_iteration != next_iteration - 1
 
+    def _holdout(self) -> Dict[str, Any]:
+        """``holdout_mAP``, ``holdout_iteration``, ``holdout_test_mAP`` of the holdout-selected evaluation, if any."""
+        return {k: v for k, v in self.best.items() if k.startswith("holdout")}
+
     def summary(self) -> Dict[str, Any]:
         """The run summary's keys that this state holds."""
         return {
             "best_mAP": self.best["mAP"],
             "best_iteration": self.best["iteration"],
             "best_above_chance": self.best["above_chance"],
+            **self._holdout(),
             "last_eval": self.last_eval,
             "collapse": self.collapses,
             "dino_targets": self.dino_checks,

@@ -1,7 +1,8 @@
 """Best-model selection, eval-only mode and the summary of a run.
 
 Every evaluation records a line, rewrites ``eval/last/teacher_checkpoint.pth`` and, when the
-selection value (``dinov2.eval.metrics.selection_value``) improves, ``eval/best/``. The summary
+selection value (``dinov2.eval.metrics.selection_value``) improves, ``eval/best/``; with
+``evaluation.holdout_ratio`` > 0, also ``eval/best_holdout/`` when the database-holdout mAP improves. The summary
 scores the selected model once on the test queries (``select_on=val``) and gives the chance level.
 """
 
@@ -75,9 +76,10 @@ def evaluate_and_keep_best(cfg, model, setup_, evaluator: RetrievalEvaluator, it
     topk = cfg.evaluation.topk
     metrics = evaluator.evaluate(teacher_encoder(model, setup_.dtype))
     if metrics is not None:
-        flags = [selection_value(metrics, topk), float(above_chance(metrics, topk)), float(metrics["collapse"] == "full")]
+        flags = [selection_value(metrics, topk), float(above_chance(metrics, topk)), float(metrics["collapse"] == "full"),
+                 float(metrics.get("holdout_mAP", -1.0))]  # fmt: skip
     else:
-        flags = [0.0, 0.0, 0.0]
+        flags = [0.0, 0.0, 0.0, -1.0]
     decided = torch.tensor(flags, dtype=torch.float64)
     if distributed.is_enabled():
         # Rank 0 computed the metrics; every rank must agree on "improved" for the collective save.
@@ -85,9 +87,12 @@ def evaluate_and_keep_best(cfg, model, setup_, evaluator: RetrievalEvaluator, it
         torch.distributed.broadcast(decided, src=0)
     mAP, qualifies, full = float(decided[0].item()), bool(decided[1].item()), bool(decided[2].item())
     improved = (qualifies, mAP) > (best["above_chance"], best["mAP"])
+    holdout = float(decided[3].item())
+    improved_holdout = holdout >= 0 and holdout > best.get("holdout_mAP", -1.0)
     line = None
     if metrics is not None:
-        line = evaluator.record(metrics, iteration, new_best=improved and qualifies)
+        extra = {"new_best_holdout": improved_holdout} if holdout >= 0 else {}
+        line = evaluator.record(metrics, iteration, new_best=improved and qualifies, **extra)
         logger.info(
             f"retrieval at iteration {iteration}: mAP {mAP:.4f} (tie-aware {metrics['mAP_tie_aware']:.4f}, random "
             f"codes {metrics['random_codes_mAP']:.4f}; {evaluator.select_on} queries, {metrics['bits']} bits, "
@@ -96,6 +101,12 @@ def evaluate_and_keep_best(cfg, model, setup_, evaluator: RetrievalEvaluator, it
         )
         report_collapse(metrics, f"at iteration {iteration}")
     save_teacher_checkpoint(model, cfg, os.path.join(evaluator.eval_dir, "last", "teacher_checkpoint.pth"), mAP, iteration)
+    if improved_holdout:
+        # Selected on validation queries from the database side; its test-query mAP is reported, not used.
+        best["holdout_mAP"], best["holdout_iteration"], best["holdout_test_mAP"] = holdout, iteration, mAP
+        save_teacher_checkpoint(
+            model, cfg, os.path.join(evaluator.eval_dir, "best_holdout", "teacher_checkpoint.pth"), mAP, iteration
+        )
     if improved:
         best["mAP"], best["iteration"], best["above_chance"] = mAP, iteration, qualifies
         save_teacher_checkpoint(
@@ -199,6 +210,13 @@ def finish(cfg, evaluator: Optional[RetrievalEvaluator], summary: Dict[str, Any]
         lines.append(f"  stopped: {summary['stopped']}")
     if test_line:
         lines.append(f"  test-query mAP of the model selected on val: {test_line['mAP']:.4f}")
+    if summary.get("holdout_iteration", -1) >= 0:
+        lines.append(
+            f"  test-query mAP of the evaluation selected on the database holdout (evaluation.holdout_ratio="
+            f"{cfg.evaluation.holdout_ratio}): {summary['holdout_test_mAP']:.4f} at iteration "
+            f"{summary['holdout_iteration']} (holdout mAP {summary['holdout_mAP']:.4f}); the best mAP above is "
+            "selected on the test queries (the reference protocol)"
+        )
     lines += [
         f"  best teacher: {summary['best_checkpoint'] or '(none)'}",
         f"  last checkpoint: {summary['last_checkpoint'] or '(none)'}",

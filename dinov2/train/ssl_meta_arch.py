@@ -17,6 +17,7 @@ from dinov2.checkpoint import load_pretrained_weights
 from dinov2.fsdp import free_if_fsdp, get_fsdp_modules, get_fsdp_wrapper, is_fsdp
 from dinov2.layers import DINOHead
 from dinov2.loss import (
+    CodeBalanceLoss,
     CodeContrastiveLoss,
     DINOLoss,
     HashQuantizationLoss,
@@ -74,6 +75,7 @@ class SSLMetaArch(nn.Module):
         self.do_ibot = cfg.ibot.loss_weight > 0
         self.do_hash_reg = bool(cfg.hash.do_or_not) and cfg.hash.loss_hash_reg > 0
         self.do_contrastive = cfg.hash.loss_contrastive > 0
+        self.do_balance = cfg.hash.loss_balance > 0
 
         student, teacher = {}, {}
         student["backbone"], teacher["backbone"] = student_backbone, teacher_backbone
@@ -91,6 +93,7 @@ class SSLMetaArch(nn.Module):
         self.koleo_loss = KoLeoLoss()
         self.hash_reg_loss = HashQuantizationLoss()
         self.code_contrastive_loss = CodeContrastiveLoss(cfg.hash.contrastive_temp)
+        self.code_balance_loss = CodeBalanceLoss()
 
         # The teacher starts as an exact copy of the student and never receives gradients.
         for k in self.student.keys():
@@ -100,7 +103,8 @@ class SSLMetaArch(nn.Module):
         logger.info(
             f"SDSH meta-architecture: {cfg.student.arch}/{self.patch_size}, {self.hash_bit}-bit codes, "
             f"pooling={cfg.hash.pooling}, losses: dino={self.do_dino} ibot={self.do_ibot} "
-            f"koleo={self.do_koleo} hash_reg={self.do_hash_reg} contrastive={self.do_contrastive}"
+            f"koleo={self.do_koleo} hash_reg={self.do_hash_reg} contrastive={self.do_contrastive} "
+            f"balance={self.do_balance}"
         )
 
     @staticmethod
@@ -236,6 +240,10 @@ class SSLMetaArch(nn.Module):
             contrastive = self.code_contrastive_loss(*codes_global.chunk(N_GLOBAL_CROPS))
             loss_dict["contrastive_loss"] = contrastive
             loss_terms.append(self.cfg.hash.loss_contrastive * contrastive)
+        if self.do_balance:
+            balance = self.code_balance_loss(codes_global)
+            loss_dict["balance_loss"] = balance
+            loss_terms.append(self.cfg.hash.loss_balance * balance)
         if do_ibot:
             patch_proj = hashed_global["patch_proj"]  # [2B, N, 256]
             buffer = patch_proj.new_zeros(upperbound, patch_proj.shape[-1])

@@ -257,8 +257,10 @@ _FLOAT_RANGES = {
     "hash.loss_hash_reg": (0.0, None, True, False),
     "hash.loss_contrastive": (0.0, None, True, False),
     "hash.contrastive_temp": (0.0, None, False, False),
+    "hash.loss_balance": (0.0, None, True, False),
     "train.train_ratio": (0.0, 1.0, False, False),
     "data.val_ratio": (0.0, 1.0, True, False),
+    "evaluation.holdout_ratio": (0.0, 1.0, True, False),
     "student.drop_path_rate": (0.0, 1.0, True, False),
     "student.interpolate_offset": (0.0, None, True, False),
 }
@@ -285,6 +287,7 @@ _LOSS_WEIGHTS = (
     "ibot.loss_weight",
     "hash.loss_hash_reg",
     "hash.loss_contrastive",
+    "hash.loss_balance",
 )
 
 

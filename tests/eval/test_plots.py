@@ -11,6 +11,7 @@ from dinov2.eval.plots import (
     DINO_ENTROPY_COLOR,
     IRRELEVANT_COLOR,
     RELEVANT_COLOR,
+    plot_awp_heatmaps,
     plot_precision_at_k,
     plot_precision_recall,
     plot_retrieval_grid,
@@ -111,3 +112,29 @@ def test_training_curves_draw_the_dino_target_entropy_when_logged(tmp_path):
     with_entropy = read_png(plot_training_curves(training, [], tmp_path / "with.png"))
     assert pixels_of_color(without, DINO_ENTROPY_COLOR) == 0
     assert pixels_of_color(with_entropy, DINO_ENTROPY_COLOR) > 50
+
+
+def test_training_curves_gain_a_per_bit_balance_panel_when_evaluations_have_bit_means(tmp_path):
+    training = [{"iteration": i, "total_loss": 10 - i} for i in range(10)]
+    evaluations = [{"iteration": 4, "mAP": 0.4}, {"iteration": 9, "mAP": 0.5}]
+    plain = read_png(plot_training_curves(training, evaluations, tmp_path / "plain.png"))
+    for e in evaluations:
+        e["bit_means"] = [1.0, -1.0, 0.0, 0.9]  # a constant +1 bit, a constant -1 bit
+    balanced = read_png(plot_training_curves(training, evaluations, tmp_path / "bits.png"))
+    assert balanced.shape[1] > plain.shape[1]  # a fourth panel
+    # coolwarm draws +1 red and -1 blue: both appear only with the balance panel.
+    red, blue = (0.706, 0.016, 0.150), (0.230, 0.299, 0.754)
+    assert pixels_of_color(plain, red, 0.05) == 0 and pixels_of_color(plain, blue, 0.05) == 0
+    assert pixels_of_color(balanced, red, 0.05) > 50 and pixels_of_color(balanced, blue, 0.05) > 50
+
+
+def test_awp_heatmaps_put_the_bright_weights_where_the_patches_are(tmp_path):
+    images = [np.full((64, 64, 3), 0.5) for _ in range(3)]
+    weights = np.zeros((3, 4, 4))
+    weights[:, 0, 0] = 1.0  # the top-left patch only
+    image = read_png(plot_awp_heatmaps(images, weights, tmp_path / "awp.png", ["a", "b", "c"], title="t"))
+    bright = (image[..., :3].min(-1) > 0.85) & (image[..., 0] > 0.95)  # inferno's top end, pale yellow
+    rows, cols = np.nonzero(bright)
+    assert rows.size > 20
+    with pytest.raises(ValueError, match="side"):
+        plot_awp_heatmaps(images, np.zeros((2, 4, 4)), tmp_path / "bad.png")

@@ -232,3 +232,13 @@ def test_sinkhorn_knopp_centering_runs(tiny_arch):
     model = SSLMetaArch(tiny_cfg("train.centering=sinkhorn_knopp"))
     losses = model.forward_backward(make_batch(), teacher_temp=0.04)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_balance_term_is_off_by_default_and_weighted_when_on(tiny_arch):
+    assert "balance_loss" not in SSLMetaArch(tiny_cfg()).train().forward_backward(make_batch(), teacher_temp=0.04)
+    torch.manual_seed(0)
+    model = SSLMetaArch(tiny_cfg("hash.loss_balance=0.5", "ibot.loss_weight=0", "dino.loss_weight=0", "hash.do_or_not=false"))
+    model.train()
+    losses = model.forward_backward(make_batch(), teacher_temp=0.04)
+    assert losses["total_loss"] == pytest.approx(0.5 * losses["balance_loss"].item(), rel=1e-5)
+    assert model.student.hash_head.hash_layer[-1].weight.grad.abs().sum() > 0

@@ -249,3 +249,31 @@ def test_selection_on_validation_queries_also_reports_the_test_queries_once(tmp_
     assert test["split"] == "query" and test["selected_on"] == "val" and test["num_queries"] == 12
     assert test["iteration"] == summary["best_iteration"] == max(selection, key=lambda e: e["mAP"])["iteration"]
     assert summary["test_query_mAP"] == test["mAP"]
+
+
+def test_database_holdout_selects_beside_the_test_queries_and_changes_nothing_else(tmp_path, tiny_arch):
+    summary = run(tmp_path / "holdout", "evaluation.holdout_ratio=0.25")
+    lines = read_jsonl(tmp_path / "holdout" / "eval" / "retrieval_metrics.jsonl")
+    # The reference protocol is untouched: every database image stays, the test queries select eval/best.
+    assert [e["iteration"] for e in lines] == [1, 3]
+    assert all(e["select_on"] == "query" and e["num_database"] == 12 and e["num_queries"] == 12 for e in lines)
+    assert all(0.0 <= e["holdout_mAP"] <= 1.0 for e in lines)
+    picked = max(lines, key=lambda e: e["holdout_mAP"])  # the first of equal holdout scores
+    assert summary["holdout_iteration"] == picked["iteration"] and summary["holdout_test_mAP"] == picked["mAP"]
+    assert summary["holdout_mAP"] == picked["holdout_mAP"]
+    assert summary["best_iteration"] == max(lines, key=lambda e: e["mAP"])["iteration"]
+    kept = torch.load(tmp_path / "holdout" / "eval" / "best_holdout" / "teacher_checkpoint.pth", weights_only=True)
+    assert kept["iteration"] == picked["iteration"]
+    # Off by default: no holdout figure, no extra checkpoint.
+    plain = run(tmp_path / "plain")
+    assert "holdout_iteration" not in plain
+    assert not (tmp_path / "plain" / "eval" / "best_holdout").exists()
+    assert "holdout_mAP" not in read_jsonl(tmp_path / "plain" / "eval" / "retrieval_metrics.jsonl")[0]
+
+
+def test_holdout_split_is_the_tail_of_each_class():
+    from dinov2.train.evaluator import holdout_split
+
+    val, rest = holdout_split([0] * 8 + [1] * 4 + [2] * 2, 0.25)
+    assert val.tolist() == [6, 7, 11, 13] and rest.tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 12]
+    assert holdout_split([0, 1], 0.0) is None

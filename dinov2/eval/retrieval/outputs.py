@@ -6,12 +6,13 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from dinov2.checkpoint import atomic_path
 from dinov2.data import make_classification_eval_transform
 from dinov2.data.datasets import SplitImageDataset
 from dinov2.eval.hashing import hamming_topk, pack_codes_padded, precision_at_k, precision_recall_curve, unpack_codes
-from dinov2.eval.plots import plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
+from dinov2.eval.plots import plot_awp_heatmaps, plot_precision_at_k, plot_precision_recall, plot_retrieval_grid
 
 logger = logging.getLogger("dinov2")
 
@@ -96,8 +97,23 @@ def _thumbnail(dataset: SplitImageDataset, index: int, resize_crop) -> np.ndarra
     return np.asarray(resize_crop(dataset.get_image(index)))
 
 
-def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries) -> List[str]:
-    """The PR curve, the precision@k curve and the retrieval grid; returns the files written."""
+def awp_patch_weights(network, images) -> Optional[np.ndarray]:
+    """AWP patch weights [n, side, side] of the hash head for evaluation-size ``images`` [n, 3, H, W]; None
+    when the head does not pool with learned weights (``hash.pooling`` mean or grid)."""
+    with torch.no_grad():
+        out = network.backbone.forward_features(images)
+        weights = network.hash_head(out["x_norm_clstoken"], out["x_norm_patchtokens"], view="global").get("patch_weights")
+    if weights is None:
+        return None
+    weights = weights.float().cpu().numpy()
+    side = int(round(weights.shape[1] ** 0.5))
+    return weights.reshape(weights.shape[0], side, side)
+
+
+def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, queries, network=None) -> List[str]:
+    """The PR curve, the precision@k curve, the retrieval grid and, given the ``network`` and when its hash
+    head pools with AWP, the AWP patch weights of the grid's queries (``awp_heatmaps.png``); returns the
+    files written."""
     bits = d_bits.shape[1]
     precision, recall = precision_recall_curve(q_bits, d_bits, q_labels, d_labels)
     written = [
@@ -140,6 +156,20 @@ def draw_plots(output_dir: str, cfg, q_bits, d_bits, q_labels, d_labels, db, que
             title=f"top-{k} by Hamming distance ({bits} bits); green: same class, red: other class",
         )
     )
+    if network is not None:
+        device = next(network.parameters()).device
+        images = torch.stack([queries[i][0] for i in chosen]).to(device)
+        weights = awp_patch_weights(network, images)
+        if weights is not None:
+            written.append(
+                plot_awp_heatmaps(
+                    q_images,
+                    weights,
+                    os.path.join(output_dir, "awp_heatmaps.png"),
+                    q_titles,
+                    title="AWP patch weights of the hash head (bottom, over the image): what the code pools",
+                )
+            )
     return written
 
 

@@ -160,7 +160,7 @@ def run_evaluation(args, cfg, root: str, device: torch.device) -> Optional[Dict[
             logger.warning(plots_note)
         else:
             mark = time.perf_counter()
-            plots = draw_plots(output_dir, cfg, q_bits, d_bits, q_labels, d_labels, db, queries)
+            plots = draw_plots(output_dir, cfg, q_bits, d_bits, q_labels, d_labels, db, queries, network)
             timing["plots_s"] = time.perf_counter() - mark
             plots_note = f"{len(plots)} plots"
     timing["total_s"] = time.perf_counter() - start

@@ -150,7 +150,8 @@ def test_manifest_and_pngs_are_written(setting):
     out = setting["out"]
     manifest = (out / "split_manifest.csv").read_text().splitlines()
     assert manifest[0] == "file,label,class,split" and len(manifest) == 1 + 24
-    for name in ("pr_curve.png", "precision_at_k.png", "retrieval_grid.png"):
+    # awp_heatmaps.png: the default hash head pools with AWP, whose patch weights are drawn over the queries.
+    for name in ("pr_curve.png", "precision_at_k.png", "retrieval_grid.png", "awp_heatmaps.png"):
         path = out / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5000
         image = mpimg.imread(path)
@@ -369,3 +370,31 @@ def test_a_config_that_disagrees_with_the_checkpoint_is_refused_naming_the_key(s
     err = capsys.readouterr().err
     assert "hash.hash_bit=32" in err and "hash.hash_bit=16" in err and weights in err
     assert not out.exists()
+
+
+def test_awp_patch_weights_are_a_grid_per_image_and_none_without_awp():
+    import torch
+
+    from dinov2.eval.retrieval.outputs import awp_patch_weights
+
+    class Backbone(torch.nn.Module):
+        def forward_features(self, images):
+            return {"x_norm_clstoken": images.mean((2, 3)), "x_norm_patchtokens": images.flatten(2).transpose(1, 2)}
+
+    class Head(torch.nn.Module):
+        def __init__(self, awp):
+            super().__init__()
+            self.awp = awp
+
+        def forward(self, cls, patches, view="global"):
+            return {"patch_weights": patches.mean(-1).sigmoid() if self.awp else None}
+
+    class Network(torch.nn.Module):
+        def __init__(self, awp):
+            super().__init__()
+            self.backbone, self.hash_head = Backbone(), Head(awp)
+
+    images = torch.randn(2, 3, 4, 4)
+    weights = awp_patch_weights(Network(True), images)
+    assert weights.shape == (2, 4, 4) and ((weights > 0) & (weights < 1)).all()
+    assert awp_patch_weights(Network(False), images) is None
