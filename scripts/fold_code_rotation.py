@@ -26,7 +26,7 @@ if REPO_ROOT not in sys.path:
 
 from dinov2.checkpoint import atomic_torch_save, load_torch_file  # noqa: E402
 from dinov2.data.builders import make_eval_dataset, resolve_data_root  # noqa: E402
-from dinov2.eval.baselines import fit_baseline  # noqa: E402
+from dinov2.eval.baselines.methods import fit_baseline  # noqa: E402
 from dinov2.eval.encode import extract_codes  # noqa: E402
 from dinov2.eval.metrics import retrieval_metrics  # noqa: E402
 from dinov2.models.hashing_network import load_hashing_network  # noqa: E402

@@ -57,7 +57,7 @@ import pretrain_backbone  # noqa: E402
 from dinov2.checkpoint import load_torch_file  # noqa: E402
 from dinov2.data.builders import make_eval_dataset  # noqa: E402
 from dinov2.data.demo import generate_demo_dataset  # noqa: E402
-from dinov2.eval.baselines import fit_baseline  # noqa: E402
+from dinov2.eval.baselines.methods import fit_baseline  # noqa: E402
 from dinov2.eval.baselines.tool import evaluate_baselines, make_pixel_transform  # noqa: E402
 from dinov2.eval.encode import extract_codes  # noqa: E402
 from dinov2.eval.metrics import retrieval_metrics  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinov2.eval.baselines import fit_baseline
+from dinov2.eval.baselines.methods import fit_baseline
 from dinov2.layers.hash_head import HashHead
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
