@@ -66,6 +66,18 @@ TINY_OPTS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _demo_data_cache(tmp_path_factory):
+    """Generated demo data goes to a temporary cache, not the user's ~/.cache (subprocesses inherit it)."""
+    previous = os.environ.get("SDSH_CACHE")
+    os.environ["SDSH_CACHE"] = str(tmp_path_factory.mktemp("sdsh_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SDSH_CACHE", None)
+    else:
+        os.environ["SDSH_CACHE"] = previous
+
+
 @pytest.fixture
 def tiny_arch(monkeypatch):
     """Register the tiny ViT factory under TINY_ARCH for the duration of a test."""
