@@ -29,7 +29,7 @@ from dinov2.data.builders import make_eval_dataset, resolve_data_root  # noqa: E
 from dinov2.eval.baselines.methods import fit_baseline  # noqa: E402
 from dinov2.eval.encode import extract_codes  # noqa: E402
 from dinov2.eval.metrics import retrieval_metrics  # noqa: E402
-from dinov2.models.hashing_network import load_hashing_network  # noqa: E402
+from dinov2.models import load_hashing_network  # noqa: E402
 from dinov2.utils.config import merge_config  # noqa: E402
 
 LAST_LAYER = "hash_head.hash_layer.2"

@@ -61,7 +61,7 @@ from dinov2.eval.baselines.methods import fit_baseline  # noqa: E402
 from dinov2.eval.baselines.tool import evaluate_baselines, make_pixel_transform  # noqa: E402
 from dinov2.eval.encode import extract_codes  # noqa: E402
 from dinov2.eval.metrics import retrieval_metrics  # noqa: E402
-from dinov2.models.hashing_network import load_hashing_network  # noqa: E402
+from dinov2.models import load_hashing_network  # noqa: E402
 from dinov2.train import train as train_module  # noqa: E402
 from dinov2.utils.config import get_cfg_from_args  # noqa: E402
 

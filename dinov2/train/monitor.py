@@ -62,7 +62,7 @@ class TrainingMonitor:
             "best_mAP": self.best["mAP"],
             "best_iteration": self.best["iteration"],
             "best_above_chance": self.best["above_chance"],
-            "best_holdout": self._holdout(),
+            **({"best_holdout": self._holdout()} if self._holdout() else {}),
         }
 
     def check_dino_targets(self, iteration: int, entropy: Optional[float], window: int) -> bool:
