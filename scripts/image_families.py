@@ -18,7 +18,7 @@ Two groups, built differently on purpose:
 
 import math
 import os
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Tuple
 
 import numpy as np
 from PIL import Image
@@ -207,15 +207,20 @@ def build_family(name: str, root: str, seed: int, per_class: int = 0) -> str:
         samples = FINETUNE_FAMILIES[name](np.random.default_rng([seed, 11, len(name)]), per_class or 50)
     else:
         raise ValueError(f"unknown family '{name}' (known: {', '.join([*PRETRAIN_FAMILIES, *FINETUNE_FAMILIES])})")
-    counts: Dict[int, int] = {}
-    for c, image in samples:
-        folder = os.path.join(path, f"class_{c:02d}")
-        os.makedirs(folder, exist_ok=True)
-        image.save(os.path.join(folder, f"{counts.get(c, 0):04d}.png"))
-        counts[c] = counts.get(c, 0) + 1
+    _write_class_folders(path, samples, "class_{:02d}")
     with open(marker, "w") as f:
         f.write("\n")
     return path
+
+
+def _write_class_folders(path: str, samples: Iterable[Sample], folder: str) -> None:
+    """Save each (class, image) sample as ``path/<folder.format(class)>/<n>.png``, n counting per class."""
+    counts: Dict[int, int] = {}
+    for c, image in samples:
+        directory = os.path.join(path, folder.format(c))
+        os.makedirs(directory, exist_ok=True)
+        image.save(os.path.join(directory, f"{counts.get(c, 0):04d}.png"))
+        counts[c] = counts.get(c, 0) + 1
 
 
 def build_pretrain_mix(root: str, seed: int, per_class: int = 0) -> str:
@@ -226,12 +231,8 @@ def build_pretrain_mix(root: str, seed: int, per_class: int = 0) -> str:
         return path
     written: List[str] = []
     for name, generate in PRETRAIN_FAMILIES.items():
-        counts: Dict[int, int] = {}
-        for c, image in generate(np.random.default_rng([seed, 7, len(name)]), per_class or 150):
-            folder = os.path.join(path, f"{c:02d}_{name}")
-            os.makedirs(folder, exist_ok=True)
-            image.save(os.path.join(folder, f"{counts.get(c, 0):04d}.png"))
-            counts[c] = counts.get(c, 0) + 1
+        samples = generate(np.random.default_rng([seed, 7, len(name)]), per_class or 150)
+        _write_class_folders(path, samples, "{:02d}_" + name)
         written.append(name)
     with open(marker, "w") as f:
         f.write(",".join(written) + "\n")
